@@ -1,0 +1,70 @@
+"""Database engines and the errors the services react to.
+
+Every statement Conveyor runs passes only strings, integers, booleans and NULLs
+as parameters and casts them in SQL (``CAST(:x AS jsonb)``), and returns JSON
+text for anything richer. That keeps results identical whether the statement
+travels over a direct PostgreSQL connection or the RDS Data API, whose driver
+mistypes UUIDs, dicts and time zones.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+# SQLSTATEs that mean "run the same work again": nothing was applied.
+RETRYABLE_SQLSTATES = {
+    "40001": "serialization failure",
+    "40P01": "deadlock",
+    "23514": "stock constraint raced by a concurrent worker",
+}
+_SQLSTATE_IN_MESSAGE = re.compile(r"SQLState:\s*([0-9A-Z]{5})")
+
+
+def sqlalchemy_url(database_url: str) -> str:
+    """Map a libpq-style URL to SQLAlchemy's psycopg 3 driver."""
+    for prefix in ("postgresql://", "postgres://"):
+        if database_url.startswith(prefix):
+            return "postgresql+psycopg://" + database_url[len(prefix) :]
+    return database_url
+
+
+def create_engine_for(database_url: str, *, autocommit: bool = True, pool_size: int = 5) -> Engine:
+    """An engine whose connections autocommit each statement: one round trip per statement."""
+    options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": pool_size}
+    if autocommit:
+        options["isolation_level"] = "AUTOCOMMIT"
+    return sa.create_engine(sqlalchemy_url(database_url), **options)
+
+
+def sqlstate_of(error: BaseException) -> str | None:
+    """The SQLSTATE behind a DBAPI error, from the driver or from the Data API's message."""
+    original = getattr(error, "orig", error)
+    code = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    if code:
+        return code
+    match = _SQLSTATE_IN_MESSAGE.search(str(original))
+    return match.group(1) if match else None
+
+
+class Database:
+    """Runs Conveyor's statements; each call is one round trip."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def fetch_json(self, sql: str, params: dict[str, Any] | None = None) -> Any:
+        """Run a statement that returns one row holding one JSON text column."""
+        with self.engine.connect() as connection:
+            value = connection.execute(sa.text(sql), params or {}).scalar_one()
+        return json.loads(value) if isinstance(value, str) else value
+
+    def execute(self, sql: str, params: dict[str, Any] | list[dict[str, Any]] | None = None) -> int:
+        with self.engine.connect() as connection:
+            return connection.execute(sa.text(sql), params or {}).rowcount
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,286 @@
+"""Orders, the messages that change them, and the rules that decide their fate."""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+# Order ids are uuid5 over (client, Idempotency-Key): a retried POST maps to the same order.
+ORDER_ID_NAMESPACE = uuid.UUID("6f1c2a8e-8b0e-4d59-9a55-3f7f0c1e2d41")
+
+
+class OrderStatus(StrEnum):
+    PENDING = "PENDING"
+    CONFIRMED = "CONFIRMED"
+    REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"
+
+
+# Every transition the worker may write; anything else is a bug.
+ALLOWED_TRANSITIONS: frozenset[tuple[OrderStatus | None, OrderStatus]] = frozenset(
+    {
+        (None, OrderStatus.CONFIRMED),
+        (None, OrderStatus.REJECTED),
+        (None, OrderStatus.CANCELLED),
+        (OrderStatus.CONFIRMED, OrderStatus.CANCELLED),
+    }
+)
+
+
+def order_id_for(client_id: uuid.UUID, idempotency_key: str) -> uuid.UUID:
+    return uuid.uuid5(ORDER_ID_NAMESPACE, f"{client_id}:{idempotency_key}")
+
+
+def request_fingerprint(order: dict[str, Any]) -> str:
+    """A stable hash of an order request, to tell a retry from a reused key."""
+    canonical = json.dumps(order, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Line:
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class Payment:
+    provider: str
+    reference: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class PlaceOrder:
+    """The worker's view of an accepted POST /orders."""
+
+    message_id: str
+    order_id: uuid.UUID
+    client_id: uuid.UUID
+    idempotency_key: str
+    fingerprint: str
+    currency: str
+    lines: tuple[Line, ...]
+    payment: Payment
+    details: dict[str, Any]
+    accepted_at: datetime
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True)
+class CancelOrder:
+    message_id: str
+    order_id: uuid.UUID
+    client_id: uuid.UUID
+    requested_at: datetime
+    correlation_id: str | None = None
+
+
+Command = PlaceOrder | CancelOrder
+
+
+@dataclass(frozen=True)
+class CatalogItem:
+    sku: str
+    currency: str
+    unit_price: int
+    stock_available: int
+
+
+@dataclass(frozen=True)
+class KnownOrder:
+    """What the database already holds for an order id."""
+
+    order_id: uuid.UUID
+    client_id: uuid.UUID
+    status: OrderStatus
+    fingerprint: str | None  # None: a cancel arrived before the order itself
+
+    @property
+    def placed(self) -> bool:
+        return self.fingerprint is not None
+
+
+@dataclass(frozen=True)
+class PricedLine:
+    line_no: int
+    sku: str
+    quantity: int
+    unit_price: int | None  # None when the SKU is unknown
+
+
+@dataclass(frozen=True)
+class Placement:
+    command: PlaceOrder
+    status: OrderStatus
+    rejection_reason: str | None
+    lines: tuple[PricedLine, ...]
+    total_amount: int | None
+    reservation: dict[str, int]  # sku -> quantity held while CONFIRMED
+    cause: str
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    command: CancelOrder
+
+
+class Outcome(StrEnum):
+    CONFIRMED = "confirmed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    CANCEL_REQUESTED = "cancel_requested"
+    DUPLICATE = "duplicate"
+    KEY_REUSED = "key_reused"
+    NOT_CANCELLABLE = "not_cancellable"
+
+
+@dataclass
+class BatchPlan:
+    """The writes one batch needs, and what each message came to."""
+
+    placements: list[Placement] = field(default_factory=list)
+    cancellations: list[Cancellation] = field(default_factory=list)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+    @property
+    def has_writes(self) -> bool:
+        return bool(self.placements or self.cancellations)
+
+
+def plan_batch(
+    commands: list[Command],
+    catalog: dict[str, CatalogItem],
+    known: dict[uuid.UUID, KnownOrder],
+) -> BatchPlan:
+    """Decide every command of a batch against one read of the database.
+
+    Stock is allocated in batch order from the stock read; the database's
+    non-negative stock constraint catches a concurrent worker that took it first.
+    """
+    plan = BatchPlan()
+    remaining = {sku: item.stock_available for sku, item in catalog.items()}
+    cancelled_in_batch = {c.order_id for c in commands if isinstance(c, CancelOrder)}
+    placed_in_batch: dict[uuid.UUID, PlaceOrder] = {}
+    cancel_absorbed: set[uuid.UUID] = set()
+    cancels_seen: set[uuid.UUID] = set()
+
+    for command in commands:
+        if isinstance(command, PlaceOrder):
+            earlier = known.get(command.order_id)
+            first = placed_in_batch.get(command.order_id)
+            if first is not None or (earlier is not None and earlier.placed):
+                fingerprint = first.fingerprint if first else earlier.fingerprint  # type: ignore[union-attr]
+                plan.outcomes[command.message_id] = (
+                    Outcome.DUPLICATE if fingerprint == command.fingerprint else Outcome.KEY_REUSED
+                )
+                continue
+            placed_in_batch[command.order_id] = command
+            if earlier is not None and earlier.client_id != command.client_id:
+                plan.outcomes[command.message_id] = Outcome.KEY_REUSED
+                continue
+            cancelled_first = earlier is not None or command.order_id in cancelled_in_batch
+            placement = _place(command, catalog, remaining, cancelled_first)
+            if command.order_id in cancelled_in_batch:
+                cancel_absorbed.add(command.order_id)
+            plan.placements.append(placement)
+            plan.outcomes[command.message_id] = Outcome(placement.status.value.lower())
+        else:
+            if command.order_id in cancels_seen:
+                plan.outcomes[command.message_id] = Outcome.DUPLICATE
+                continue
+            cancels_seen.add(command.order_id)
+            plan.outcomes[command.message_id] = _plan_cancel(
+                command, known.get(command.order_id), plan, absorbed=cancel_absorbed
+            )
+
+    # A cancel seen before its order in the same batch was provisionally a tombstone.
+    plan.cancellations = [c for c in plan.cancellations if c.command.order_id not in cancel_absorbed]
+    for command in commands:
+        if isinstance(command, CancelOrder) and command.order_id in cancel_absorbed:
+            if plan.outcomes.get(command.message_id) == Outcome.CANCEL_REQUESTED:
+                plan.outcomes[command.message_id] = Outcome.CANCELLED
+    return plan
+
+
+def _plan_cancel(
+    command: CancelOrder, earlier: KnownOrder | None, plan: BatchPlan, absorbed: set[uuid.UUID]
+) -> Outcome:
+    if command.order_id in absorbed:
+        return Outcome.CANCELLED
+    if earlier is None:
+        plan.cancellations.append(Cancellation(command))
+        return Outcome.CANCEL_REQUESTED
+    if earlier.client_id != command.client_id:
+        return Outcome.NOT_CANCELLABLE
+    if earlier.status is OrderStatus.CANCELLED:
+        return Outcome.DUPLICATE
+    if earlier.status is OrderStatus.REJECTED:
+        return Outcome.NOT_CANCELLABLE
+    plan.cancellations.append(Cancellation(command))
+    return Outcome.CANCELLED
+
+
+def _place(
+    command: PlaceOrder,
+    catalog: dict[str, CatalogItem],
+    remaining: dict[str, int],
+    cancelled_first: bool,
+) -> Placement:
+    priced = tuple(
+        PricedLine(
+            line_no=number,
+            sku=line.sku,
+            quantity=line.quantity,
+            unit_price=catalog[line.sku].unit_price if line.sku in catalog else None,
+        )
+        for number, line in enumerate(command.lines, start=1)
+    )
+    wanted: dict[str, int] = {}
+    for line in command.lines:
+        wanted[line.sku] = wanted.get(line.sku, 0) + line.quantity
+    total = (
+        sum(line.unit_price * line.quantity for line in priced)  # type: ignore[operator]
+        if all(line.unit_price is not None for line in priced)
+        else None
+    )
+
+    def outcome(status: OrderStatus, reason: str | None, cause: str, reservation=None) -> Placement:
+        return Placement(command, status, reason, priced, total, reservation or {}, cause)
+
+    if cancelled_first:
+        return outcome(OrderStatus.CANCELLED, None, "cancel requested before the order arrived")
+    reason = rejection_reason(command, catalog, wanted, remaining, total)
+    if reason is not None:
+        return outcome(OrderStatus.REJECTED, reason, reason)
+    for sku, quantity in wanted.items():
+        remaining[sku] -= quantity
+    return outcome(OrderStatus.CONFIRMED, None, "stock reserved", reservation=wanted)
+
+
+def rejection_reason(
+    command: PlaceOrder,
+    catalog: dict[str, CatalogItem],
+    wanted: dict[str, int],
+    remaining: dict[str, int],
+    total: int | None,
+) -> str | None:
+    unknown = sorted(sku for sku in wanted if sku not in catalog)
+    if unknown:
+        return f"unknown SKU: {', '.join(unknown)}"
+    other_currency = sorted(sku for sku in wanted if catalog[sku].currency != command.currency)
+    if other_currency:
+        return f"SKU not sold in {command.currency}: {', '.join(other_currency)}"
+    if command.payment.amount != total:
+        return (
+            f"payment amount {command.payment.amount} does not equal the order total {total}"
+            f" {command.currency}"
+        )
+    short = sorted(sku for sku, quantity in wanted.items() if remaining[sku] < quantity)
+    if short:
+        return f"insufficient stock: {', '.join(short)}"
+    return None

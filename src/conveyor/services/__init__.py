@@ -1,0 +1,1 @@
+"""Use cases: each entrypoint calls one of these."""

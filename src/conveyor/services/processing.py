@@ -1,0 +1,148 @@
+"""What the worker does with a batch of queue messages: decide once, write once."""
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
+
+from conveyor.adapters.database import RETRYABLE_SQLSTATES, sqlstate_of
+from conveyor.adapters.order_store import OrderStore
+from conveyor.domain.orders import (
+    CancelOrder,
+    Command,
+    Line,
+    Payment,
+    PlaceOrder,
+    plan_batch,
+)
+from conveyor.schemas import PlaceOrderMessage, QueueMessage
+
+MAX_ATTEMPTS = 6
+
+
+@dataclass(frozen=True)
+class QueueRecord:
+    message_id: str
+    body: str
+    correlation_id: str | None = None
+    receive_count: int = 1
+
+
+@dataclass
+class BatchResult:
+    failed_message_ids: list[str] = field(default_factory=list)
+    outcomes: Counter = field(default_factory=Counter)
+    attempts: int = 0
+
+
+class BatchProcessor:
+    def __init__(self, store: OrderStore, logger: Any, sleep: Callable[[float], None] = time.sleep):
+        self.store = store
+        self.logger = logger
+        self.sleep = sleep
+
+    def process(self, records: list[QueueRecord]) -> BatchResult:
+        """Apply a batch; the result names only the messages SQS should deliver again."""
+        result = BatchResult()
+        commands: list[Command] = []
+        for record in records:
+            try:
+                commands.append(parse_command(record))
+            except ValueError as exc:
+                # A message that can never succeed: fail it alone, so redrive takes it to the DLQ.
+                self.logger.error(
+                    "unprocessable message",
+                    extra={"message_id": record.message_id, "correlation_id": record.correlation_id,
+                           "receive_count": record.receive_count, "reason": str(exc)[:500]},
+                )
+                result.failed_message_ids.append(record.message_id)
+                result.outcomes["unprocessable"] += 1
+        if not commands:
+            return result
+        try:
+            self._apply(commands, result)
+        except DBAPIError as exc:
+            if sqlstate_of(exc) in RETRYABLE_SQLSTATES or exc.connection_invalidated or len(commands) == 1:
+                self._fail(commands, result, exc)
+            else:
+                # One bad command must not sink the others: isolate it.
+                self.logger.warning("batch failed; applying its messages one by one",
+                                    extra={"reason": str(exc.orig)[:500]})
+                for command in commands:
+                    try:
+                        self._apply([command], result)
+                    except DBAPIError as single_exc:
+                        self._fail([command], result, single_exc)
+        except OSError as exc:  # the database is unreachable: every message goes back to the queue
+            self._fail(commands, result, exc)
+        return result
+
+    def _apply(self, commands: list[Command], result: BatchResult) -> None:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            result.attempts += 1
+            catalog, known = self.store.read_batch_state(
+                [c.order_id for c in commands],
+                [line.sku for c in commands if isinstance(c, PlaceOrder) for line in c.lines],
+            )
+            plan = plan_batch(commands, catalog, known)
+            try:
+                if plan.has_writes:
+                    self.store.apply(plan)
+            except DBAPIError as exc:
+                reason = RETRYABLE_SQLSTATES.get(sqlstate_of(exc) or "")
+                if reason is None or attempt == MAX_ATTEMPTS:
+                    raise
+                self.logger.info("retrying batch", extra={"reason": reason, "attempt": attempt})
+                self.sleep(random.uniform(0, 0.01 * 2**attempt))
+                continue
+            for command in commands:
+                outcome = plan.outcomes[command.message_id]
+                result.outcomes[outcome.value] += 1
+                self.logger.info(
+                    "order message processed",
+                    extra={"message_id": command.message_id, "correlation_id": command.correlation_id,
+                           "order_id": str(command.order_id), "outcome": outcome.value},
+                )
+            return
+
+    def _fail(self, commands: list[Command], result: BatchResult, exc: BaseException) -> None:
+        self.logger.error(
+            "messages failed and will be delivered again",
+            extra={"message_ids": [c.message_id for c in commands], "reason": str(exc)[:500]},
+        )
+        result.failed_message_ids.extend(c.message_id for c in commands)
+        result.outcomes["failed"] += len(commands)
+
+
+def parse_command(record: QueueRecord) -> Command:
+    try:
+        message = QueueMessage.validate_json(record.body)
+    except ValidationError as exc:
+        raise ValueError(f"not a valid order message: {exc.errors(include_url=False)[:3]}") from None
+    if isinstance(message, PlaceOrderMessage):
+        order = message.order
+        return PlaceOrder(
+            message_id=record.message_id,
+            order_id=message.order_id,
+            client_id=message.client_id,
+            idempotency_key=message.idempotency_key,
+            fingerprint=message.fingerprint,
+            currency=order.currency,
+            lines=tuple(Line(sku=l.sku, quantity=l.quantity) for l in order.lines),
+            payment=Payment(order.payment.provider, order.payment.reference, order.payment.amount),
+            details=order.model_dump(mode="json", include={"customer", "shipping_address"}, exclude_none=True),
+            accepted_at=message.accepted_at,
+            correlation_id=record.correlation_id,
+        )
+    return CancelOrder(
+        message_id=record.message_id,
+        order_id=message.order_id,
+        client_id=message.client_id,
+        requested_at=message.requested_at,
+        correlation_id=record.correlation_id,
+    )

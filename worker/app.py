@@ -1,0 +1,32 @@
+"""Order worker on Lambda: an SQS batch in, the messages to redeliver out."""
+from __future__ import annotations
+
+import os
+
+from chalice import Chalice
+
+from conveyor import bootstrap
+from conveyor.observability import CORRELATION_ATTRIBUTE
+from conveyor.services.processing import QueueRecord
+
+# Powertools owns log output; Chalice would add a second, plain-text handler.
+app = Chalice(app_name="conveyor-worker", configure_logs=False)
+
+
+@app.on_sqs_message(queue=os.environ.get("ORDERS_QUEUE_NAME", "conveyor-orders"), batch_size=10)
+def handle_orders(event):
+    records = []
+    for record in event:
+        raw = record.to_dict()
+        attributes = raw.get("messageAttributes") or {}
+        records.append(
+            QueueRecord(
+                message_id=raw["messageId"],
+                body=record.body,
+                correlation_id=(attributes.get(CORRELATION_ATTRIBUTE) or {}).get("stringValue"),
+                receive_count=int((raw.get("attributes") or {}).get("ApproximateReceiveCount", 1)),
+            )
+        )
+    result = bootstrap.batch_processor().process(records)
+    # Needs ReportBatchItemFailures on the event source mapping (added in infra/, Chalice cannot).
+    return {"batchItemFailures": [{"itemIdentifier": i} for i in result.failed_message_ids]}
