@@ -12,7 +12,8 @@ from conveyor.observability import CORRELATION_ATTRIBUTE
 class OrdersQueue:
     def __init__(self, queue_url: str, client: Any | None = None):
         self.queue_url = queue_url
-        self.client = client or boto3.client("sqs")
+        # A session of its own: boto3's default session is not safe to share across threads.
+        self.client = client or boto3.session.Session().client("sqs")
 
     def send(self, message: dict[str, Any], correlation_id: str) -> str:
         response = self.client.send_message(

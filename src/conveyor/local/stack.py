@@ -14,7 +14,7 @@ from typing import Callable
 
 from conveyor import bootstrap
 from conveyor.adapters.database import Database, create_engine_for
-from conveyor.local.database import resolve_database_url, state_dir
+from conveyor.local.database import embedded_database_url, state_dir
 from conveyor.local.event_source import SqsEventSourceMapping
 from conveyor.local.sqs import LocalSqs
 from conveyor.migrations_runner import upgrade
@@ -76,63 +76,113 @@ def seed_catalog(database: Database) -> None:
         import_catalog(database, DEMO_CATALOG)
 
 
+class LocalStack:
+    """Database, SQS, pollers and API, started and stopped together."""
+
+    def __init__(self, settings: DevSettings, directory: Path, say: Callable[[str], None] = lambda _: None):
+        self.settings = settings
+        self.directory = directory
+        self.say = say
+        self._stops: list[Callable[[], None]] = []
+
+    def start(self) -> LocalStack:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        say = self.say
+        database_url = os.environ.get("DATABASE_URL") or embedded_database_url(self.directory)
+        say("database: " + ("DATABASE_URL" if os.environ.get("DATABASE_URL") else f"embedded PostgreSQL in {self.directory / 'pgdata'}"))
+        upgrade(database_url)
+        say("migrations applied")
+        admin_db = Database(create_engine_for(database_url, pool_size=1))
+        self.api_key = demo_api_key(admin_db, self.directory)
+        seed_catalog(admin_db)
+        admin_db.dispose()
+
+        self.sqs = LocalSqs(port=self.settings.sqs_port, visibility_timeout=self.settings.visibility_timeout).start()
+        self._stops.append(self.sqs.stop)
+        say(f"SQS (moto) on {self.sqs.endpoint_url}: {self.sqs.queue_url}, DLQ {self.sqs.dlq_url}")
+        # The same variables a Lambda function has on AWS; boto3 reads AWS_ENDPOINT_URL_SQS itself.
+        self._set_environment(
+            DATABASE_URL=database_url,
+            ORDERS_QUEUE_URL=self.sqs.queue_url,
+            AWS_ENDPOINT_URL_SQS=self.sqs.endpoint_url,
+            AWS_DEFAULT_REGION=self.sqs.region,
+            AWS_ACCESS_KEY_ID=os.environ.get("AWS_ACCESS_KEY_ID", "test"),
+            AWS_SECRET_ACCESS_KEY=os.environ.get("AWS_SECRET_ACCESS_KEY", "test"),
+        )
+        bootstrap.reset()
+        self._stops.append(lambda: bootstrap.database().dispose())
+
+        worker = load_chalice_app("worker")
+        self.pollers = SqsEventSourceMapping(
+            queue_url=self.sqs.queue_url,
+            queue_arn=self.sqs.queue_arn,
+            region=self.sqs.region,
+            endpoint_url=self.sqs.endpoint_url,
+            handler=worker.handle_orders,
+            concurrency=self.settings.pollers,
+        ).start()
+        self._stops.append(self.pollers.stop)
+        say(f"{self.settings.pollers} pollers feeding worker.handle_orders")
+
+        from chalice.config import Config
+        from chalice.local import create_local_server
+
+        api = load_chalice_app("api")
+        server = create_local_server(api.app, Config.create(lambda_timeout=30), "127.0.0.1", self.settings.api_port)
+        threading.Thread(target=server.server.serve_forever, name="api", daemon=True).start()
+        self._stops.append(server.server.server_close)
+        self._stops.append(server.shutdown)
+        self.api_url = f"http://127.0.0.1:{server.server.server_address[1]}"
+        stack_file = self.directory / "stack.json"
+        stack_file.write_text(
+            json.dumps({"api_url": self.api_url, "sqs_endpoint": self.sqs.endpoint_url,
+                        "queue_url": self.sqs.queue_url, "dlq_url": self.sqs.dlq_url, "pid": os.getpid()}, indent=2)
+        )
+        self._stops.append(lambda: stack_file.unlink(missing_ok=True))
+        say(f"API on {self.api_url} (OpenAPI: {self.api_url}/openapi.json)")
+
+    def _set_environment(self, **values: str) -> None:
+        previous = {name: os.environ.get(name) for name in values}
+
+        def restore() -> None:
+            for name, value in previous.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+        os.environ.update(values)
+        self._stops.append(restore)
+
+    def stop(self) -> None:
+        while self._stops:
+            self._stops.pop()()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
 def run(settings: DevSettings, say: Callable[[str], None]) -> None:
     directory = state_dir()
     say(f"state folder: {directory}")
-    database_url = resolve_database_url()
-    say("database: " + ("DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded PostgreSQL in " + str(directory / "pgdata")))
-    upgrade(database_url)
-    say("migrations applied")
-    admin_db = Database(create_engine_for(database_url, pool_size=1))
-    api_key = demo_api_key(admin_db, directory)
-    seed_catalog(admin_db)
-    admin_db.dispose()
-
-    sqs = LocalSqs(port=settings.sqs_port, visibility_timeout=settings.visibility_timeout).start()
-    say(f"SQS (moto) on {sqs.endpoint_url}: {sqs.queue_url}, DLQ {sqs.dlq_url}")
-    # The same variables a Lambda function would have on AWS; boto3 reads AWS_ENDPOINT_URL_SQS.
-    os.environ.update(
-        DATABASE_URL=database_url,
-        ORDERS_QUEUE_URL=sqs.queue_url,
-        AWS_ENDPOINT_URL_SQS=sqs.endpoint_url,
-        AWS_DEFAULT_REGION=sqs.region,
-    )
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
-    bootstrap.reset()
-
-    worker = load_chalice_app("worker")
-    pollers = SqsEventSourceMapping(
-        queue_url=sqs.queue_url,
-        queue_arn=sqs.queue_arn,
-        region=sqs.region,
-        endpoint_url=sqs.endpoint_url,
-        handler=worker.handle_orders,
-        concurrency=settings.pollers,
-    ).start()
-    say(f"{settings.pollers} pollers feeding worker.handle_orders")
-
-    from chalice.config import Config
-    from chalice.local import create_local_server
-
-    api = load_chalice_app("api")
-    server = create_local_server(api.app, Config.create(lambda_timeout=30), "127.0.0.1", settings.api_port)
-    server_thread = threading.Thread(target=server.server.serve_forever, name="api", daemon=True)
-    server_thread.start()
-    api_url = f"http://127.0.0.1:{settings.api_port}"
-    (directory / "stack.json").write_text(
-        json.dumps({"api_url": api_url, "sqs_endpoint": sqs.endpoint_url, "queue_url": sqs.queue_url,
-                    "dlq_url": sqs.dlq_url, "pid": os.getpid()}, indent=2)
-    )
-    say(f"API on {api_url} (OpenAPI: {api_url}/openapi.json)")
+    stack = LocalStack(settings, directory, say).start()
     say("ready. Place an order:\n")
     say(
-        f"curl -sS -X POST {api_url}/orders -H 'Content-Type: application/json' "
-        f"-H 'X-Api-Key: {api_key}' -H \"Idempotency-Key: $(date +%s%N)\" "
+        f"curl -sS -X POST {stack.api_url}/orders -H 'Content-Type: application/json' "
+        f"-H 'X-Api-Key: {stack.api_key}' -H \"Idempotency-Key: $(date +%s%N)\" "
         """-d '{"currency":"USD","lines":[{"sku":"A-1","quantity":2}],"payment":{"provider":"stripe","reference":"pi_123","amount":2000}}'"""
     )
-    say(f"\nthen: curl -sS {api_url}/orders -H 'X-Api-Key: {api_key}'\nCtrl-C stops everything.")
-
+    say(f"\nthen: curl -sS {stack.api_url}/orders -H 'X-Api-Key: {stack.api_key}'\nCtrl-C stops everything.")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -140,9 +190,5 @@ def run(settings: DevSettings, say: Callable[[str], None]) -> None:
         stop.wait()
     finally:
         say("stopping...")
-        server.shutdown()
-        pollers.stop()
-        sqs.stop()
-        bootstrap.database().dispose()
-        (directory / "stack.json").unlink(missing_ok=True)
+        stack.stop()
         say("stopped")

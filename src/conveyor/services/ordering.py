@@ -15,7 +15,8 @@ from typing import Any, Callable
 from conveyor.adapters.order_store import OrderStore
 from conveyor.adapters.queue import OrdersQueue
 from conveyor.domain.orders import OrderStatus, order_id_for, request_fingerprint
-from conveyor.schemas import SCHEMA_VERSION, FieldError, InvalidRequest, parse_order_request
+from conveyor.messages import cancel_message, place_message
+from conveyor.schemas import FieldError, InvalidRequest, parse_order_request
 
 MAX_IDEMPOTENCY_KEY = 255
 DEFAULT_PAGE = 50
@@ -94,19 +95,11 @@ class OrderService:
                     " use a new key for a new order"
                 )
             return {"order_id": str(order_id), "status": known["status"]}
-        self.queue.send(
-            {
-                "schema_version": SCHEMA_VERSION,
-                "type": "order.place",
-                "order_id": str(order_id),
-                "client_id": str(client.id),
-                "idempotency_key": key,
-                "fingerprint": fingerprint,
-                "order": order,
-                "accepted_at": self.now().isoformat(),
-            },
-            correlation_id,
+        message = place_message(
+            order_id=order_id, client_id=client.id, idempotency_key=key, fingerprint=fingerprint,
+            order=order, accepted_at=self.now(),
         )
+        self.queue.send(message, correlation_id)
         return {"order_id": str(order_id), "status": OrderStatus.PENDING.value}
 
     def request_cancel(self, client: Client, order_id: str, correlation_id: str) -> dict[str, Any]:
@@ -118,16 +111,7 @@ class OrderService:
                 raise Conflict(f"order {order_id} was rejected and cannot be cancelled")
             if known["status"] == OrderStatus.CANCELLED:
                 return {"order_id": order_id, "status": OrderStatus.CANCELLED.value}
-        self.queue.send(
-            {
-                "schema_version": SCHEMA_VERSION,
-                "type": "order.cancel",
-                "order_id": str(parsed),
-                "client_id": str(client.id),
-                "requested_at": self.now().isoformat(),
-            },
-            correlation_id,
-        )
+        self.queue.send(cancel_message(order_id=parsed, client_id=client.id, requested_at=self.now()), correlation_id)
         return {
             "order_id": order_id,
             "status": known["status"] if known else OrderStatus.PENDING.value,

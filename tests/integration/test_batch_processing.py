@@ -1,0 +1,237 @@
+"""The worker's batch processing against a real PostgreSQL."""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections import Counter
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+from support import Shop
+
+from conveyor.adapters.order_store import OrderStore
+from conveyor.services.processing import BatchProcessor, QueueRecord
+
+logger = logging.getLogger("test-worker")
+
+
+@pytest.fixture
+def processor(database) -> BatchProcessor:
+    return BatchProcessor(OrderStore(database), logger)
+
+
+@pytest.fixture
+def shop(database) -> Shop:
+    return Shop(database, [("A-1", 1000, 10), ("B-2", 500, 5), ("C-3", 250, 100)])
+
+
+def test_an_order_with_stock_is_confirmed_and_reserves_it(shop, processor):
+    record, order_id = shop.place("k1", [("A-1", 2), ("B-2", 1), ("A-1", 1)])
+
+    result = processor.process([record])
+
+    assert result.failed_message_ids == []
+    assert shop.status(order_id) == "CONFIRMED"
+    assert shop.stock()["A-1"] == (7, 3)
+    assert shop.stock()["B-2"] == (4, 1)
+    order = OrderStore(shop.database).get_order(shop.client.id, order_id)
+    assert order["total_amount"] == 3500
+    assert [(l["sku"], l["quantity"], l["line_total"]) for l in order["lines"]] == [
+        ("A-1", 2, 2000), ("B-2", 1, 500), ("A-1", 1, 1000)]
+    assert shop.events(order_id) == [(None, "CONFIRMED")]
+
+
+def test_redelivered_messages_take_effect_once(shop, processor):
+    record, order_id = shop.place("k1", [("A-1", 2)])
+
+    processor.process([record])
+    processor.process([record, record])
+    redelivered = QueueRecord(message_id=record.message_id, body=record.body, receive_count=3)
+    result = processor.process([redelivered])
+
+    assert result.outcomes == Counter({"duplicate": 1})
+    assert shop.database.fetch_json("SELECT count(*)::text FROM orders") == 1
+    assert shop.stock()["A-1"] == (8, 2)
+    assert shop.events(order_id) == [(None, "CONFIRMED")]
+
+
+@pytest.mark.parametrize(
+    ("lines", "amount", "reason"),
+    [
+        ([("Z-9", 1)], 100, "unknown SKU: Z-9"),
+        ([("A-1", 1)], 999, "payment amount 999 does not equal the order total 1000 USD"),
+        ([("B-2", 6)], None, "insufficient stock: B-2"),
+    ],
+)
+def test_an_order_that_cannot_be_filled_is_rejected_with_a_reason(shop, processor, lines, amount, reason):
+    record, order_id = shop.place("k1", lines, amount=amount)
+
+    processor.process([record])
+
+    order = OrderStore(shop.database).get_order(shop.client.id, order_id)
+    assert (order["status"], order["rejection_reason"]) == ("REJECTED", reason)
+    assert shop.stock()["B-2"] == (5, 0)
+    assert shop.events(order_id) == [(None, "REJECTED")]
+
+
+def test_stock_is_all_or_nothing_per_order(shop, processor):
+    record, order_id = shop.place("k1", [("A-1", 1), ("B-2", 6)])
+
+    processor.process([record])
+
+    assert shop.status(order_id) == "REJECTED"
+    assert shop.stock()["A-1"] == (10, 0)
+
+
+def test_a_cancel_releases_the_reservation_once(shop, processor):
+    record, order_id = shop.place("k1", [("A-1", 4)])
+    processor.process([record])
+
+    cancel = shop.cancel(order_id)
+    processor.process([cancel])
+    processor.process([cancel, shop.cancel(order_id)])
+
+    assert shop.status(order_id) == "CANCELLED"
+    assert shop.stock()["A-1"] == (10, 0)
+    assert shop.events(order_id) == [(None, "CONFIRMED"), ("CONFIRMED", "CANCELLED")]
+
+
+def test_a_cancel_that_arrives_first_keeps_the_order_from_being_confirmed(shop, processor):
+    record, order_id = shop.place("k1", [("A-1", 4)])
+
+    processor.process([shop.cancel(order_id)])
+    processor.process([record])
+    processor.process([record])
+
+    assert shop.status(order_id) == "CANCELLED"
+    assert shop.stock()["A-1"] == (10, 0)
+    assert shop.events(order_id) == [(None, "CANCELLED"), ("CANCELLED", "CANCELLED")]
+    order = OrderStore(shop.database).get_order(shop.client.id, order_id)
+    assert order["lines"] and order["payment"]["amount"] == 4000
+
+
+def test_a_cancel_and_its_order_in_one_batch_never_reserve(shop, processor):
+    record, order_id = shop.place("k1", [("A-1", 4)])
+
+    result = processor.process([shop.cancel(order_id), record])
+
+    assert result.failed_message_ids == []
+    assert shop.status(order_id) == "CANCELLED"
+    assert shop.stock()["A-1"] == (10, 0)
+
+
+def test_another_client_cannot_cancel_an_order(shop, processor):
+    record, order_id = shop.place("k1", [("A-1", 1)])
+    processor.process([record])
+
+    processor.process([shop.cancel(order_id, client=shop.new_client())])
+
+    assert shop.status(order_id) == "CONFIRMED"
+
+
+def test_a_reused_key_with_another_body_never_overwrites_the_first_order(shop, processor):
+    first, order_id = shop.place("k1", [("A-1", 1)])
+    second, same_id = shop.place("k1", [("C-3", 5)])
+    assert same_id == order_id
+
+    processor.process([first])
+    result = processor.process([second])
+
+    assert result.outcomes == Counter({"key_reused": 1})
+    order = OrderStore(shop.database).get_order(shop.client.id, order_id)
+    assert [l["sku"] for l in order["lines"]] == ["A-1"]
+    assert shop.stock()["C-3"] == (100, 0)
+
+
+def test_a_poison_message_fails_alone(shop, processor):
+    good, order_id = shop.place("k1", [("A-1", 1)])
+    poison = QueueRecord(message_id="poison", body='{"schema_version": 99, "type": "order.place"}')
+    garbage = QueueRecord(message_id="garbage", body="\x00not json")
+
+    result = processor.process([poison, good, garbage])
+
+    assert sorted(result.failed_message_ids) == ["garbage", "poison"]
+    assert shop.status(order_id) == "CONFIRMED"
+
+
+def test_a_batch_costs_a_fixed_number_of_statements(shop, processor):
+    statements: list[str] = []
+    engine = shop.database.engine
+    listener = lambda conn, cursor, statement, *args: statements.append(statement)  # noqa: E731
+    sa.event.listen(engine, "before_cursor_execute", listener)
+    try:
+        batch = [shop.place(f"k{i}", [("A-1", 1), ("B-2", 0 + 1), ("C-3", 2)])[0] for i in range(5)]
+        batch += [shop.place(f"r{i}", [("Z-9", 1)], amount=1)[0] for i in range(5)]
+        processor.process(batch)
+        new_orders = len(statements)
+        statements.clear()
+        processor.process(batch)
+        duplicates = len(statements)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", listener)
+
+    assert new_orders == 2  # read state, apply plan
+    assert duplicates == 1  # read state: nothing left to write
+
+
+def test_the_audit_trail_is_append_only(shop, processor):
+    record, order_id = shop.place("k1", [("A-1", 1)])
+    processor.process([record])
+
+    for statement in ("UPDATE order_events SET cause = 'edited'", "DELETE FROM order_events"):
+        with pytest.raises(DBAPIError, match="append-only"):
+            shop.database.execute(statement)
+    assert shop.events(order_id) == [(None, "CONFIRMED")]
+
+
+def test_concurrent_workers_never_oversell_or_duplicate(database):
+    """8 workers take overlapping, duplicated, shuffled batches of orders for scarce stock."""
+    initial = {"HOT-1": 40, "HOT-2": 25, "WARM-3": 200}
+    shop = Shop(database, [(sku, 100, stock) for sku, stock in initial.items()])
+    rng = random.Random(7)
+    orders = []
+    for i in range(300):
+        lines = [(sku, rng.randint(1, 3)) for sku in rng.sample(sorted(initial), k=rng.randint(1, 3))]
+        orders.append(shop.place(f"order-{i}", lines))
+    cancels = [shop.cancel(order_id) for _, order_id in orders[::10]]
+    messages = [record for record, _ in orders] * 3 + cancels * 2
+    rng.shuffle(messages)
+    batches = [messages[i:i + 10] for i in range(0, len(messages), 10)]
+    failures: list[str] = []
+    attempts = Counter()
+
+    def work(worker: int) -> None:
+        processor = BatchProcessor(OrderStore(database), logger)
+        for batch in batches[worker::8]:
+            result = processor.process(batch)
+            failures.extend(result.failed_message_ids)
+            attempts["attempts"] += result.attempts
+            attempts["batches"] += 1
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert failures == []
+    counts = database.fetch_json(
+        "SELECT json_build_object('orders', (SELECT count(*) FROM orders),"
+        " 'distinct', (SELECT count(DISTINCT id) FROM orders),"
+        " 'confirmed', (SELECT count(*) FROM orders WHERE status = 'CONFIRMED'),"
+        " 'duplicate_events', (SELECT count(*) FROM (SELECT 1 FROM order_events"
+        "   GROUP BY order_id, from_status, to_status HAVING count(*) > 1) d))::text"
+    )
+    assert counts["orders"] == counts["distinct"] == len(orders)
+    assert counts["duplicate_events"] == 0
+    assert 0 < counts["confirmed"] < len(orders)  # scarce stock: some confirmed, some rejected
+    reserved_by_orders = database.fetch_json(
+        "SELECT COALESCE(json_object_agg(sku, held), '{}')::text FROM (SELECT key AS sku, sum(value::int) AS held"
+        " FROM orders, jsonb_each_text(reservation) WHERE status = 'CONFIRMED' GROUP BY key) r"
+    )
+    for sku, (available, reserved) in shop.stock().items():
+        assert available >= 0
+        assert available + reserved == initial[sku]
+        assert reserved == reserved_by_orders.get(sku, 0)

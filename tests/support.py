@@ -1,0 +1,73 @@
+"""Builders shared by the integration and end-to-end tests."""
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+from conveyor.adapters.database import Database
+from conveyor.domain.orders import order_id_for, request_fingerprint
+from conveyor.messages import cancel_message, place_message
+from conveyor.services.admin import NewClient, create_client, import_catalog
+from conveyor.services.processing import QueueRecord
+
+
+def order_body(lines: list[tuple[str, int]], amount: int, currency: str = "USD", reference: str = "pi_test") -> dict:
+    return {
+        "currency": currency,
+        "lines": [{"sku": sku, "quantity": quantity} for sku, quantity in lines],
+        "payment": {"provider": "stripe", "reference": reference, "amount": amount},
+    }
+
+
+class Shop:
+    """A client and a catalog in a real database, and queue records as the API would send them."""
+
+    def __init__(self, database: Database, catalog: list[tuple[str, int, int]], currency: str = "USD"):
+        self.database = database
+        self.currency = currency
+        self.prices = {sku: price for sku, price, _ in catalog}
+        import_catalog(
+            database,
+            [{"sku": sku, "name": sku, "currency": currency, "unit_price": price, "stock": stock}
+             for sku, price, stock in catalog],
+        )
+        self.client = self.new_client()
+
+    def new_client(self) -> NewClient:
+        return create_client(self.database, f"client-{uuid.uuid4().hex[:8]}")
+
+    def place(self, key: str, lines: list[tuple[str, int]], amount: int | None = None,
+              client: NewClient | None = None, message_id: str | None = None) -> tuple[QueueRecord, uuid.UUID]:
+        client = client or self.client
+        if amount is None:
+            amount = sum(self.prices.get(sku, 0) * quantity for sku, quantity in lines)
+        order = order_body(lines, amount, self.currency, reference=f"pi_{key}")
+        order_id = order_id_for(client.id, key)
+        message = place_message(
+            order_id=order_id, client_id=client.id, idempotency_key=key,
+            fingerprint=request_fingerprint(order), order=order, accepted_at=datetime.now(UTC),
+        )
+        return QueueRecord(message_id=message_id or str(uuid.uuid4()), body=json.dumps(message),
+                           correlation_id=f"corr-{key}"), order_id
+
+    def cancel(self, order_id: uuid.UUID, client: NewClient | None = None) -> QueueRecord:
+        message = cancel_message(order_id=order_id, client_id=(client or self.client).id, requested_at=datetime.now(UTC))
+        return QueueRecord(message_id=str(uuid.uuid4()), body=json.dumps(message), correlation_id="corr-cancel")
+
+    def stock(self) -> dict[str, tuple[int, int]]:
+        rows = self.database.fetch_json(
+            "SELECT COALESCE(json_object_agg(sku, json_build_array(stock_available, stock_reserved)), '{}')::text FROM catalog"
+        )
+        return {sku: (available, reserved) for sku, (available, reserved) in rows.items()}
+
+    def status(self, order_id: uuid.UUID) -> str | None:
+        return self.database.fetch_json(
+            "SELECT to_json((SELECT status FROM orders WHERE id = CAST(:id AS uuid)))::text", {"id": str(order_id)}
+        )
+
+    def events(self, order_id: uuid.UUID) -> list[tuple[str | None, str]]:
+        return [tuple(pair) for pair in self.database.fetch_json(
+            "SELECT COALESCE(json_agg(json_build_array(from_status, to_status) ORDER BY id), '[]')::text"
+            " FROM order_events WHERE order_id = CAST(:id AS uuid)", {"id": str(order_id)}
+        )]
