@@ -6,6 +6,7 @@ import json
 from chalice import Chalice, Response
 
 from conveyor import bootstrap
+from conveyor.adapters.database import is_transient
 from conveyor.observability import CORRELATION_HEADER, get_logger, new_correlation_id
 from conveyor.openapi import openapi_document
 from conveyor.schemas import InvalidRequest
@@ -50,7 +51,12 @@ def handled(route):
             return _error(404, "not_found", str(exc), correlation_id)
         except Conflict as exc:
             return _error(409, "conflict", str(exc), correlation_id)
-        except Exception:
+        except Exception as exc:
+            if is_transient(exc):
+                logger.warning("database unavailable", extra={"reason": str(exc)[:300]})
+                response = _error(503, "unavailable", "the database is unavailable; retry with the same Idempotency-Key", correlation_id)
+                response.headers["Retry-After"] = "2"
+                return response
             logger.exception("request failed")
             return _error(500, "internal_error", "the request failed; retry with the same Idempotency-Key", correlation_id)
         finally:

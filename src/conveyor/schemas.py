@@ -178,6 +178,24 @@ def field_path(location: tuple[int | str, ...]) -> str:
     return path or "body"
 
 
+def _find_nul(value: Any, location: tuple[int | str, ...]) -> tuple[int | str, ...] | None:
+    if isinstance(value, str):
+        return location if "\x00" in value else None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(key, str) and "\x00" in key:
+            return (*location, key)
+        found = _find_nul(item, (*location, key))
+        if found is not None:
+            return found
+    return None
+
+
 def parse_order_request(raw: bytes | None) -> OrderRequest:
     """Validate a POST /orders body strictly, naming every offending field."""
     if not raw:
@@ -191,13 +209,22 @@ def parse_order_request(raw: bytes | None) -> OrderRequest:
             [FieldError(field="body", message=f"{len(raw)} bytes; the limit is {MAX_BODY_BYTES}")],
         )
     try:
-        document = json.loads(raw)
-    # ValueError covers bad UTF-8, bad JSON and integers too long to parse.
-    except (ValueError, RecursionError) as exc:
+        # Decoded explicitly: json.loads(bytes) would also accept UTF-16 and UTF-32.
+        document = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, integers too long to parse
         raise InvalidRequest(
             400, "invalid_json", "the request body is not valid UTF-8 JSON",
             [FieldError(field="body", message=str(exc)[:200])],
         ) from None
+    try:
+        nul_at = _find_nul(document, ())
+    except RecursionError:
+        raise InvalidRequest(400, "invalid_json", "the request body is nested too deeply",
+                             [FieldError(field="body", message="nested too deeply")]) from None
+    if nul_at is not None:
+        # PostgreSQL text cannot hold U+0000: refuse it here rather than fail in the worker.
+        raise InvalidRequest(422, "validation_error", "the order is invalid",
+                             [FieldError(field=field_path(nul_at), message="must not contain U+0000")])
     try:
         return OrderRequest.model_validate(document)
     except ValidationError as exc:

@@ -40,6 +40,17 @@ def create_engine_for(database_url: str, *, autocommit: bool = True, pool_size: 
     return sa.create_engine(sqlalchemy_url(database_url), **options)
 
 
+def is_transient(error: BaseException) -> bool:
+    """Whether the same work may succeed later: the database was unreachable, restarting or raced."""
+    if isinstance(error, (sa.exc.OperationalError, sa.exc.InterfaceError, OSError)):
+        return True
+    if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
+        return True
+    state = sqlstate_of(error) or ""
+    # 08: connection exception; 57P0x: server shutting down or not yet accepting connections.
+    return state in RETRYABLE_SQLSTATES or state.startswith(("08", "57P0"))
+
+
 def sqlstate_of(error: BaseException) -> str | None:
     """The SQLSTATE behind a DBAPI error, from the driver or from the Data API's message."""
     original = getattr(error, "orig", error)

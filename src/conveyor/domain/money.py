@@ -1,7 +1,7 @@
 """Money as integer minor units with an ISO 4217 currency."""
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 
 # ISO 4217 active codes. Exponents default to 2; the exceptions are listed below.
 ISO_4217_CODES = frozenset(
@@ -49,7 +49,9 @@ def to_minor_units(amount: str | Decimal, currency: str) -> int:
         raise MoneyError(f"{amount!r} is not a decimal amount") from exc
     if not value.is_finite():
         raise MoneyError(f"{amount!r} is not a finite amount")
-    minor = value.scaleb(exponent)
+    # Enough precision that scaling never rounds, however many digits the amount has.
+    context = Context(prec=len(value.as_tuple().digits) + exponent + 1)
+    minor = value.scaleb(exponent, context)
     if minor != minor.to_integral_value():
         raise MoneyError(
             f"{amount} {currency} has more than {exponent} decimal places and cannot be"

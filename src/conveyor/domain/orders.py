@@ -9,10 +9,6 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-# Order ids are uuid5 over (client, Idempotency-Key): a retried POST maps to the same order.
-ORDER_ID_NAMESPACE = uuid.UUID("6f1c2a8e-8b0e-4d59-9a55-3f7f0c1e2d41")
-
-
 class OrderStatus(StrEnum):
     PENDING = "PENDING"
     CONFIRMED = "CONFIRMED"
@@ -31,8 +27,25 @@ ALLOWED_TRANSITIONS: frozenset[tuple[OrderStatus | None, OrderStatus]] = frozens
 )
 
 
+def _client_tag(client_id: uuid.UUID) -> bytes:
+    return hashlib.sha256(b"conveyor-client:" + client_id.bytes).digest()[:6]
+
+
 def order_id_for(client_id: uuid.UUID, idempotency_key: str) -> uuid.UUID:
-    return uuid.uuid5(ORDER_ID_NAMESPACE, f"{client_id}:{idempotency_key}")
+    """A UUIDv8 derived from (client, Idempotency-Key): a retried POST maps to the same order.
+
+    The first 48 bits are a tag of the client, so an order id can be checked against its
+    caller without a lookup: nobody can cancel, or reserve the id of, another client's order.
+    """
+    digest = hashlib.sha256(client_id.bytes + idempotency_key.encode()).digest()
+    raw = bytearray(_client_tag(client_id) + digest[:10])
+    raw[6] = (raw[6] & 0x0F) | 0x80  # version 8 (RFC 9562)
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 9562 variant
+    return uuid.UUID(bytes=bytes(raw))
+
+
+def belongs_to(order_id: uuid.UUID, client_id: uuid.UUID) -> bool:
+    return order_id.bytes[:6] == _client_tag(client_id)
 
 
 def request_fingerprint(order: dict[str, Any]) -> str:
@@ -137,6 +150,7 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     KEY_REUSED = "key_reused"
     NOT_CANCELLABLE = "not_cancellable"
+    NOT_YOURS = "not_yours"
 
 
 @dataclass
@@ -163,13 +177,23 @@ def plan_batch(
     non-negative stock constraint catches a concurrent worker that took it first.
     """
     plan = BatchPlan()
+    owned: list[Command] = []
+    for command in commands:
+        if belongs_to(command.order_id, command.client_id):
+            owned.append(command)
+        else:
+            plan.outcomes[command.message_id] = Outcome.NOT_YOURS
     remaining = {sku: item.stock_available for sku, item in catalog.items()}
-    cancelled_in_batch = {c.order_id for c in commands if isinstance(c, CancelOrder)}
+    cancelled_in_batch = {c.order_id for c in owned if isinstance(c, CancelOrder)}
+    # Orders this batch records for the first time; a cancel for one is folded into its placement.
+    new_in_batch = {
+        c.order_id for c in owned
+        if isinstance(c, PlaceOrder) and not (c.order_id in known and known[c.order_id].placed)
+    }
     placed_in_batch: dict[uuid.UUID, PlaceOrder] = {}
-    cancel_absorbed: set[uuid.UUID] = set()
     cancels_seen: set[uuid.UUID] = set()
 
-    for command in commands:
+    for command in owned:
         if isinstance(command, PlaceOrder):
             earlier = known.get(command.order_id)
             first = placed_in_batch.get(command.order_id)
@@ -180,43 +204,25 @@ def plan_batch(
                 )
                 continue
             placed_in_batch[command.order_id] = command
-            if earlier is not None and earlier.client_id != command.client_id:
-                plan.outcomes[command.message_id] = Outcome.KEY_REUSED
-                continue
             cancelled_first = earlier is not None or command.order_id in cancelled_in_batch
             placement = _place(command, catalog, remaining, cancelled_first)
-            if command.order_id in cancelled_in_batch:
-                cancel_absorbed.add(command.order_id)
             plan.placements.append(placement)
             plan.outcomes[command.message_id] = Outcome(placement.status.value.lower())
+        elif command.order_id in cancels_seen:
+            plan.outcomes[command.message_id] = Outcome.DUPLICATE
         else:
-            if command.order_id in cancels_seen:
-                plan.outcomes[command.message_id] = Outcome.DUPLICATE
-                continue
             cancels_seen.add(command.order_id)
-            plan.outcomes[command.message_id] = _plan_cancel(
-                command, known.get(command.order_id), plan, absorbed=cancel_absorbed
-            )
-
-    # A cancel seen before its order in the same batch was provisionally a tombstone.
-    plan.cancellations = [c for c in plan.cancellations if c.command.order_id not in cancel_absorbed]
-    for command in commands:
-        if isinstance(command, CancelOrder) and command.order_id in cancel_absorbed:
-            if plan.outcomes.get(command.message_id) == Outcome.CANCEL_REQUESTED:
+            if command.order_id in new_in_batch:
                 plan.outcomes[command.message_id] = Outcome.CANCELLED
+            else:
+                plan.outcomes[command.message_id] = _plan_cancel(command, known.get(command.order_id), plan)
     return plan
 
 
-def _plan_cancel(
-    command: CancelOrder, earlier: KnownOrder | None, plan: BatchPlan, absorbed: set[uuid.UUID]
-) -> Outcome:
-    if command.order_id in absorbed:
-        return Outcome.CANCELLED
+def _plan_cancel(command: CancelOrder, earlier: KnownOrder | None, plan: BatchPlan) -> Outcome:
     if earlier is None:
         plan.cancellations.append(Cancellation(command))
         return Outcome.CANCEL_REQUESTED
-    if earlier.client_id != command.client_id:
-        return Outcome.NOT_CANCELLABLE
     if earlier.status is OrderStatus.CANCELLED:
         return Outcome.DUPLICATE
     if earlier.status is OrderStatus.REJECTED:

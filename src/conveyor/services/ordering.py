@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from conveyor.adapters.order_store import OrderStore
 from conveyor.adapters.queue import OrdersQueue
-from conveyor.domain.orders import OrderStatus, order_id_for, request_fingerprint
+from conveyor.domain.orders import OrderStatus, belongs_to, order_id_for, request_fingerprint
 from conveyor.messages import cancel_message, place_message
 from conveyor.schemas import FieldError, InvalidRequest, parse_order_request
 
@@ -104,7 +104,7 @@ class OrderService:
 
     def request_cancel(self, client: Client, order_id: str, correlation_id: str) -> dict[str, Any]:
         """Queue a cancel. An order not seen yet is cancelled when it arrives."""
-        parsed = _order_id(order_id)
+        parsed = _own_order_id(client, order_id)
         known = self.store.get_order_summary(client.id, parsed)
         if known is not None:
             if known["status"] == OrderStatus.REJECTED:
@@ -119,7 +119,7 @@ class OrderService:
         }
 
     def get_order(self, client: Client, order_id: str) -> dict[str, Any]:
-        order = self.store.get_order(client.id, _order_id(order_id))
+        order = self.store.get_order(client.id, _own_order_id(client, order_id))
         if order is None:
             raise NotFound(f"order {order_id} not found")
         return order
@@ -152,17 +152,21 @@ def _idempotency_key(value: str | None) -> str:
     return value
 
 
-def _order_id(value: str) -> uuid.UUID:
+def _own_order_id(client: Client, value: str) -> uuid.UUID:
+    """The order id, if it can be one of this client's; anything else is not found."""
     try:
-        return uuid.UUID(value)
+        order_id = uuid.UUID(value)
     except ValueError:
         raise NotFound(f"order {value} not found") from None
+    if not belongs_to(order_id, client.id):
+        raise NotFound(f"order {value} not found")
+    return order_id
 
 
 def _page_size(value: str | None) -> int:
     if value is None:
         return DEFAULT_PAGE
-    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_PAGE:
         raise _invalid("limit", f"must be an integer from 1 to {MAX_PAGE}")
     return int(value)
 
@@ -176,6 +180,6 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
         created_at, order_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
         datetime.fromisoformat(created_at)
         uuid.UUID(order_id)
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, AttributeError, binascii.Error):
         raise _invalid("cursor", "is not a cursor this API returned") from None
     return created_at, order_id

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
-from conveyor.adapters.database import RETRYABLE_SQLSTATES, sqlstate_of
+from conveyor.adapters.database import RETRYABLE_SQLSTATES, is_transient, sqlstate_of
 from conveyor.adapters.order_store import OrderStore
 from conveyor.domain.orders import (
     CancelOrder,
@@ -66,20 +66,18 @@ class BatchProcessor:
             return result
         try:
             self._apply(commands, result)
-        except DBAPIError as exc:
-            if sqlstate_of(exc) in RETRYABLE_SQLSTATES or exc.connection_invalidated or len(commands) == 1:
+        except (DBAPIError, OSError) as exc:
+            if is_transient(exc) or len(commands) == 1:
+                # Unreachable or still contended: the whole batch goes back to the queue.
                 self._fail(commands, result, exc)
-            else:
-                # One bad command must not sink the others: isolate it.
-                self.logger.warning("batch failed; applying its messages one by one",
-                                    extra={"reason": str(exc.orig)[:500]})
-                for command in commands:
-                    try:
-                        self._apply([command], result)
-                    except DBAPIError as single_exc:
-                        self._fail([command], result, single_exc)
-        except OSError as exc:  # the database is unreachable: every message goes back to the queue
-            self._fail(commands, result, exc)
+                return result
+            # One bad command must not sink the others: isolate it.
+            self.logger.warning("batch failed; applying its messages one by one", extra={"reason": str(exc)[:500]})
+            for command in commands:
+                try:
+                    self._apply([command], result)
+                except (DBAPIError, OSError) as single_exc:
+                    self._fail([command], result, single_exc)
         return result
 
     def _apply(self, commands: list[Command], result: BatchResult) -> None:

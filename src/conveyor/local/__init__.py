@@ -1,0 +1,1 @@
+"""Local stand-ins for AWS services, for development without an AWS account."""
