@@ -1,6 +1,8 @@
 """BatchProcessor against a fake store, and the catalog CSV reader."""
 from __future__ import annotations
 
+import contextlib
+
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -82,6 +84,9 @@ class FakeStore:
     # called with each plan before it is applied; may raise to fail the statement
     before_apply: Callable[[BatchPlan], None] = lambda plan: None
     read_error: BaseException | None = None
+
+    def pinned(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     def read_batch_state(self, order_ids, skus):
         self.reads.append((list(order_ids), list(skus)))

@@ -8,8 +8,13 @@ mistypes UUIDs, dicts and time zones.
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,12 +37,37 @@ def sqlalchemy_url(database_url: str) -> str:
     return database_url
 
 
+# A pooled connection idle for longer than this is pinged before use; a busy one is not.
+IDLE_PING_SECONDS = 10.0
+
+
 def create_engine_for(database_url: str, *, autocommit: bool = True, pool_size: int = 5) -> Engine:
     """An engine whose connections autocommit each statement: one round trip per statement."""
-    options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": pool_size}
-    if autocommit:
-        options["isolation_level"] = "AUTOCOMMIT"
-    return sa.create_engine(sqlalchemy_url(database_url), **options)
+    options: dict[str, Any] = {"pool_size": pool_size, "max_overflow": pool_size}
+    if not autocommit:
+        return sa.create_engine(sqlalchemy_url(database_url), pool_pre_ping=True, **options)
+    engine = sa.create_engine(sqlalchemy_url(database_url), isolation_level="AUTOCOMMIT", **options)
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Like pool_pre_ping, without a round trip per checkout when the pool is busy."""
+
+    def remember_use(dbapi_connection: Any, record: Any, *_: Any) -> None:
+        record.info["last_used"] = time.monotonic()
+
+    def ping_if_idle(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        if time.monotonic() - record.info.get("last_used", 0.0) < IDLE_PING_SECONDS:
+            return
+        try:
+            dbapi_connection.cursor().execute("SELECT 1")
+        except Exception as exc:
+            raise sa.exc.DisconnectionError("stale pooled connection") from exc  # the pool reconnects
+
+    sa.event.listen(engine, "connect", remember_use)
+    sa.event.listen(engine, "checkin", remember_use)
+    sa.event.listen(engine, "checkout", ping_if_idle)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -61,21 +91,50 @@ def sqlstate_of(error: BaseException) -> str | None:
     return match.group(1) if match else None
 
 
+@functools.lru_cache(maxsize=256)
+def _statement(sql: str) -> sa.TextClause:
+    # Parsing a statement's bind parameters runs a regex over it: do it once per statement.
+    return sa.text(sql)
+
+
 class Database:
     """Runs Conveyor's statements; each call is one round trip."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        self._pinned = threading.local()
+
+    @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Run every statement of the block on one pooled connection: one checkout, one ping."""
+        if getattr(self._pinned, "connection", None) is not None:
+            yield
+            return
+        with self.engine.connect() as connection:
+            self._pinned.connection = connection
+            try:
+                yield
+            finally:
+                self._pinned.connection = None
+
+    @contextmanager
+    def _connection(self) -> Iterator[sa.Connection]:
+        pinned = getattr(self._pinned, "connection", None)
+        if pinned is not None:
+            yield pinned
+        else:
+            with self.engine.connect() as connection:
+                yield connection
 
     def fetch_json(self, sql: str, params: dict[str, Any] | None = None) -> Any:
         """Run a statement that returns one row holding one JSON text column."""
-        with self.engine.connect() as connection:
-            value = connection.execute(sa.text(sql), params or {}).scalar_one()
+        with self._connection() as connection:
+            value = connection.execute(_statement(sql), params or {}).scalar_one()
         return json.loads(value) if isinstance(value, str) else value
 
     def execute(self, sql: str, params: dict[str, Any] | list[dict[str, Any]] | None = None) -> int:
-        with self.engine.connect() as connection:
-            return connection.execute(sa.text(sql), params or {}).rowcount
+        with self._connection() as connection:
+            return connection.execute(_statement(sql), params or {}).rowcount
 
     def dispose(self) -> None:
         self.engine.dispose()

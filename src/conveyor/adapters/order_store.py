@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from contextlib import AbstractContextManager
 from typing import Any
 
 from conveyor.adapters.database import Database
@@ -21,13 +22,15 @@ SELECT json_build_object(
             'sku', sku, 'currency', currency, 'unit_price', unit_price,
             'stock_available', stock_available))
         FROM catalog
-        WHERE sku IN (SELECT jsonb_array_elements_text(CAST(:skus AS jsonb)))), '[]'),
+        -- = ANY (ARRAY(...)) rather than IN (SELECT ...): the planner then probes the index
+        -- instead of guessing 100 ids and scanning the table.
+        WHERE sku = ANY (ARRAY(SELECT jsonb_array_elements_text(CAST(:skus AS jsonb))))), '[]'),
     'orders', COALESCE((
         SELECT json_agg(json_build_object(
             'id', id, 'client_id', client_id, 'status', status,
             'fingerprint', request_fingerprint))
         FROM orders
-        WHERE id IN (SELECT CAST(jsonb_array_elements_text(CAST(:order_ids AS jsonb)) AS uuid))), '[]')
+        WHERE id = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST(:order_ids AS jsonb)) AS uuid)))), '[]')
 )::text
 """
 
@@ -201,6 +204,10 @@ SELECT COALESCE((
 class OrderStore:
     def __init__(self, database: Database):
         self.database = database
+
+    def pinned(self) -> AbstractContextManager[None]:
+        """Keep one connection for a batch's statements."""
+        return self.database.pinned()
 
     def read_batch_state(
         self, order_ids: list[uuid.UUID], skus: list[str]

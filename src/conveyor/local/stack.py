@@ -1,6 +1,7 @@
 """`conveyor dev`: the whole system on one machine, wired as it is on AWS."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -18,6 +19,7 @@ from conveyor.local.database import embedded_database_url, state_dir
 from conveyor.local.event_source import SqsEventSourceMapping
 from conveyor.local.sqs import LocalSqs
 from conveyor.migrations_runner import upgrade
+from conveyor.observability import CORRELATION_HEADER, get_logger
 from conveyor.services.admin import AdminError, create_client, import_catalog
 
 DEMO_CLIENT = "demo"
@@ -76,6 +78,30 @@ def seed_catalog(database: Database) -> None:
         import_catalog(database, DEMO_CATALOG)
 
 
+def local_api_server(app: object, port: int):
+    """Chalice's local API Gateway, with JSON access logs like the rest of the stack."""
+    from chalice.config import Config
+    from chalice.local import ChaliceRequestHandler, create_local_server
+
+    access_log = get_logger("conveyor-api")
+
+    class LocalApiRequestHandler(ChaliceRequestHandler):
+        # Headers and body leave in separate writes; with Nagle's algorithm each
+        # response would wait ~40 ms for the client's delayed ACK.
+        disable_nagle_algorithm = True
+
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            access_log.info("http request", extra={
+                "method": self.command, "path": self.path, "status": int(code) if str(code).isdigit() else code,
+                "correlation_id": self.headers.get(CORRELATION_HEADER),
+            })
+
+    config = Config.create(lambda_timeout=30)
+    server = create_local_server(app, config, "127.0.0.1", port)
+    server.server.RequestHandlerClass = functools.partial(LocalApiRequestHandler, app_object=app, config=config)
+    return server
+
+
 class LocalStack:
     """Database, SQS, pollers and API, started and stopped together."""
 
@@ -131,11 +157,8 @@ class LocalStack:
         self._stops.append(self.pollers.stop)
         say(f"{self.settings.pollers} pollers feeding worker.handle_orders")
 
-        from chalice.config import Config
-        from chalice.local import create_local_server
-
         api = load_chalice_app("api")
-        server = create_local_server(api.app, Config.create(lambda_timeout=30), "127.0.0.1", self.settings.api_port)
+        server = local_api_server(api.app, self.settings.api_port)
         threading.Thread(target=server.server.serve_forever, name="api", daemon=True).start()
         self._stops.append(server.server.server_close)
         self._stops.append(server.shutdown)

@@ -65,7 +65,8 @@ class BatchProcessor:
         if not commands:
             return result
         try:
-            self._apply(commands, result)
+            with self.store.pinned():
+                self._apply(commands, result)
         except (DBAPIError, OSError) as exc:
             if is_transient(exc) or len(commands) == 1:
                 # Unreachable or still contended: the whole batch goes back to the queue.
