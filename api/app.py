@@ -53,8 +53,8 @@ def handled(route):
             return _error(409, "conflict", str(exc), correlation_id)
         except Exception as exc:
             if is_transient(exc):
-                logger.warning("database unavailable", extra={"reason": str(exc)[:300]})
-                response = _error(503, "unavailable", "the database is unavailable; retry with the same Idempotency-Key", correlation_id)
+                logger.warning("dependency unavailable", extra={"reason": str(exc)[:300]})
+                response = _error(503, "unavailable", "a dependency is unavailable; retry with the same Idempotency-Key", correlation_id)
                 response.headers["Retry-After"] = "2"
                 return response
             logger.exception("request failed")

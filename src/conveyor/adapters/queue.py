@@ -5,23 +5,35 @@ import json
 from typing import Any
 
 import boto3
+from botocore.config import Config
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from conveyor.observability import CORRELATION_ATTRIBUTE
+
+# An API request waits on this call: fail over to "retry later" in seconds, not minutes.
+CLIENT_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
+
+
+class QueueUnavailable(OSError):
+    """SQS could not be reached; the caller may retry the same request later."""
 
 
 class OrdersQueue:
     def __init__(self, queue_url: str, client: Any | None = None):
         self.queue_url = queue_url
         # A session of its own: boto3's default session is not safe to share across threads.
-        self.client = client or boto3.session.Session().client("sqs")
+        self.client = client or boto3.session.Session().client("sqs", config=CLIENT_CONFIG)
 
     def send(self, message: dict[str, Any], correlation_id: str) -> str:
-        response = self.client.send_message(
-            QueueUrl=self.queue_url,
-            MessageBody=json.dumps(message, separators=(",", ":")),
-            MessageAttributes={
-                CORRELATION_ATTRIBUTE: {"DataType": "String", "StringValue": correlation_id},
-                "type": {"DataType": "String", "StringValue": message["type"]},
-            },
-        )
+        try:
+            response = self.client.send_message(
+                QueueUrl=self.queue_url,
+                MessageBody=json.dumps(message, separators=(",", ":")),
+                MessageAttributes={
+                    CORRELATION_ATTRIBUTE: {"DataType": "String", "StringValue": correlation_id},
+                    "type": {"DataType": "String", "StringValue": message["type"]},
+                },
+            )
+        except BotoConnectionError as exc:
+            raise QueueUnavailable(f"cannot reach the orders queue: {exc}") from exc
         return response["MessageId"]
