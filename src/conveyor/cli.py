@@ -72,6 +72,109 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0 if summary["settled"] == summary["placed"] else 1
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from conveyor.chaos import ChaosRun, ChaosSettings
+    from conveyor.local.database import resolve_database_url, scratch_database
+
+    settings = ChaosSettings(orders=args.orders, workers=args.workers, fault_rate=args.fault_rate,
+                             seed=args.seed, naive=args.naive)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with scratch_database(resolve_database_url(), "chaos") as url, Progress(*columns, console=console) as progress:
+        task = progress.add_task("messages settled", total=None)
+        summary = ChaosRun(settings, url, lambda done, total: progress.update(task, completed=done, total=total)).run()
+    for name, holds in summary["invariants"].items():
+        console.print(f"{'[green]holds[/green]' if holds else '[red]BROKEN[/red]'}  {name}")
+    print(json.dumps(summary, separators=(",", ":")))
+    return 0 if all(summary["invariants"].values()) else 1
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    import logging
+    import os
+
+    import psycopg
+    from aws_lambda_powertools import Logger
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from sqlalchemy.exc import ProgrammingError
+
+    from conveyor.reconciliation.engine import CATEGORIES
+    from conveyor.reconciliation.service import ReconciliationError, ReconciliationService, direct_connection
+    from conveyor.reconciliation.sources import open_source
+
+    try:
+        cutoff = datetime.fromisoformat(args.cutoff) if args.cutoff else None
+    except ValueError:
+        raise ReconciliationError(f"--cutoff {args.cutoff!r} is not an ISO 8601 time such as 2026-10-31T23:59:59+00:00") from None
+    database = _database()
+    # Its JSON logs go to stderr: stdout carries only the final JSON line.
+    logger = Logger(service="conveyor-reconciliation", level=os.environ.get("LOG_LEVEL", "INFO"),
+                    logger_handler=logging.StreamHandler(sys.stderr))
+    service = ReconciliationService(database, lambda: direct_connection(database.engine), logger)
+    report = open_source(args.source)
+    try:
+        try:
+            run = service.submit(report, args.format, cutoff)
+        except ProgrammingError as exc:
+            if isinstance(exc.orig, psycopg.errors.UndefinedTable):
+                raise ReconciliationError("this database has no reconciliation tables yet: run `conveyor migrate`"
+                                          " first") from None
+            raise
+        if run["needs_execution"]:
+            with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                          console=console, transient=True) as progress:
+                task = progress.add_task(f"reconciling {args.source} ({run['format']})")
+
+                def show(step) -> None:
+                    progress.update(task, description=(
+                        f"{step.stage.lower()} {args.source}: {step.rows_loaded:,} rows loaded,"
+                        f" {step.rows_classified:,} classified"))
+
+                run = service.execute(run["id"], report, on_progress=show)
+        else:
+            console.print(f"this report was already reconciled by run {run['id']}; showing its result")
+    finally:
+        report.discard()
+    if run["status"] != "COMPLETED":
+        console.print(f"[red]error:[/red] reconciliation {run['id']} {run['status'].lower()}: {run['error']}")
+        return 1
+    console.print(f"run {run['id']}: {run['rows_loaded']:,} rows, cutoff {run['cutoff']}")
+    summary = {category: run["counts"][category] for category in CATEGORIES}
+    print(json.dumps({**summary, "totals": run["totals"], "run_id": run["id"], "format": run["format"],
+                      "rows": run["rows_loaded"]}, separators=(",", ":")))
+    return 0
+
+
+def cmd_dataapi(args: argparse.Namespace) -> int:
+    import threading
+
+    from sqlalchemy.engine import make_url
+
+    from conveyor.dataapi.server import LocalDataApi
+    from conveyor.local.database import resolve_database_url
+
+    database_url = args.database_url or resolve_database_url()
+    endpoint = LocalDataApi(
+        database_url, port=args.port, latency_seconds=args.latency_ms / 1000,
+        cluster_arns=frozenset(args.cluster_arn) if args.cluster_arn else None,
+        secret_arns=frozenset(args.secret_arn) if args.secret_arn else None,
+    )
+    if args.pause_seconds:
+        endpoint.pause(resume_seconds=args.pause_seconds)
+    with endpoint:
+        shown = make_url(database_url).render_as_string(hide_password=True)
+        console.print(f"RDS Data API on {endpoint.endpoint_url}, in front of {shown}", soft_wrap=True)
+        console.print(f"point boto3 at it:  export AWS_ENDPOINT_URL_RDS_DATA={endpoint.endpoint_url}", soft_wrap=True)
+        if args.pause_seconds:
+            console.print(f"paused: the first call wakes it, and it resumes {args.pause_seconds:g}s later")
+        console.print("Ctrl-C to stop")
+        threading.Event().wait()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +205,33 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--api-key", help="default: the local stack's demo key")
     load.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for orders to settle")
     load.set_defaults(func=cmd_load)
+
+    reconcile = commands.add_parser(
+        "reconcile", help="reconcile orders against a settlement report; ends with one JSON line of counts and totals")
+    reconcile.add_argument("source", help="a report CSV: a local path or s3://bucket/key")
+    reconcile.add_argument("--format", choices=["stripe", "adyen", "generic"],
+                           help="default: detected from the header")
+    reconcile.add_argument("--cutoff", help="ISO 8601 time with offset; confirmed orders created later are not"
+                           " expected in the report (default: the report's latest row)")
+    reconcile.set_defaults(func=cmd_reconcile)
+
+    chaos = commands.add_parser("chaos", help="run the worker under redelivery, reordering, crashes and faults")
+    chaos.add_argument("--orders", type=int, default=18_500, help="orders to place (default 18500: over 20,000 messages)")
+    chaos.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
+    chaos.add_argument("--fault-rate", type=float, default=0.05, help="share of batches given a fault (default 0.05)")
+    chaos.add_argument("--seed", type=int, default=1)
+    chaos.add_argument("--naive", action="store_true", help="swap in a non-idempotent store; the run must fail")
+    chaos.set_defaults(func=cmd_chaos)
+
+    dataapi = commands.add_parser("dataapi", help="serve the RDS Data API on 127.0.0.1 in front of PostgreSQL")
+    dataapi.add_argument("--port", type=int, default=9325, help="port (default 9325; 0 picks a free one)")
+    dataapi.add_argument("--database-url", help="default: DATABASE_URL, or the local stack's embedded PostgreSQL")
+    dataapi.add_argument("--pause-seconds", type=float, default=0.0,
+                         help="start as an auto-paused cluster that resumes this long after the first call")
+    dataapi.add_argument("--latency-ms", type=float, default=0.0, help="simulated network latency added to every call")
+    dataapi.add_argument("--cluster-arn", action="append", help="accept only this cluster ARN (repeatable)")
+    dataapi.add_argument("--secret-arn", action="append", help="accept only this secret ARN (repeatable)")
+    dataapi.set_defaults(func=cmd_dataapi)
     return parser
 
 
@@ -113,9 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: say what to do next
         from conveyor.loadgen import LoadError
+        from conveyor.reconciliation.formats import SettlementReportError
+        from conveyor.reconciliation.service import ReconciliationError
         from conveyor.services.admin import AdminError
 
-        if isinstance(exc, (AdminError, LoadError, FileNotFoundError)):
+        if isinstance(exc, (AdminError, LoadError, FileNotFoundError, SettlementReportError, ReconciliationError)):
             console.print(f"[red]error:[/red] {exc}")
             return 2
         raise

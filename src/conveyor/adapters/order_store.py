@@ -232,20 +232,7 @@ class OrderStore:
         return catalog, known
 
     def apply(self, plan: BatchPlan) -> dict[str, int]:
-        body = {
-            "placements": [_placement_row(p) for p in plan.placements],
-            "cancellations": [
-                {
-                    "id": str(c.command.order_id),
-                    "client_id": str(c.command.client_id),
-                    "requested_at": c.command.requested_at.isoformat(),
-                    "message_id": c.command.message_id,
-                    "correlation_id": c.command.correlation_id,
-                }
-                for c in plan.cancellations
-            ],
-        }
-        return self.database.fetch_json(APPLY_BATCH_PLAN, {"plan": json.dumps(body)})
+        return self.database.fetch_json(APPLY_BATCH_PLAN, {"plan": json.dumps(plan_body(plan))})
 
     def get_order(self, client_id: uuid.UUID, order_id: uuid.UUID) -> dict[str, Any] | None:
         return self.database.fetch_json(
@@ -278,6 +265,23 @@ class OrderStore:
 
     def find_client(self, key_hash: str) -> dict[str, Any] | None:
         return self.database.fetch_json(FIND_CLIENT, {"key_hash": key_hash})
+
+
+def plan_body(plan: BatchPlan) -> dict[str, Any]:
+    """The JSON document APPLY_BATCH_PLAN reads."""
+    return {
+        "placements": [_placement_row(p) for p in plan.placements],
+        "cancellations": [
+            {
+                "id": str(c.command.order_id),
+                "client_id": str(c.command.client_id),
+                "requested_at": c.command.requested_at.isoformat(),
+                "message_id": c.command.message_id,
+                "correlation_id": c.command.correlation_id,
+            }
+            for c in plan.cancellations
+        ],
+    }
 
 
 def _placement_row(placement: Placement) -> dict[str, Any]:

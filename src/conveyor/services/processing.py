@@ -36,6 +36,7 @@ class QueueRecord:
 @dataclass
 class BatchResult:
     failed_message_ids: list[str] = field(default_factory=list)
+    failure_reasons: dict[str, str] = field(default_factory=dict)
     outcomes: Counter = field(default_factory=Counter)
     attempts: int = 0
 
@@ -61,6 +62,7 @@ class BatchProcessor:
                            "receive_count": record.receive_count, "reason": str(exc)[:500]},
                 )
                 result.failed_message_ids.append(record.message_id)
+                result.failure_reasons[record.message_id] = str(exc)[:500]
                 result.outcomes["unprocessable"] += 1
         if not commands:
             return result
@@ -115,6 +117,7 @@ class BatchProcessor:
             extra={"message_ids": [c.message_id for c in commands], "reason": str(exc)[:500]},
         )
         result.failed_message_ids.extend(c.message_id for c in commands)
+        result.failure_reasons.update((c.message_id, str(exc)[:500]) for c in commands)
         result.outcomes["failed"] += len(commands)
 
 
