@@ -25,8 +25,24 @@ def _json(status: int, body: dict, correlation_id: str, headers: dict | None = N
     )
 
 
-def _error(status: int, code: str, message: str, correlation_id: str) -> Response:
-    return _json(status, {"error": {"code": code, "message": message, "fields": []}}, correlation_id)
+def _error(status: int, code: str, message: str, correlation_id: str, field: str) -> Response:
+    body = {"error": {"code": code, "message": message, "fields": [{"field": field, "message": message}]}}
+    return _json(status, body, correlation_id)
+
+
+# Chalice answers a wrong method or media type itself, as {"Code", "Message"}: speak our error shape.
+FRAMEWORK_ERROR_FIELDS = {405: "method", 415: "Content-Type"}
+
+
+@app.middleware("http")
+def framework_errors_in_our_shape(event, get_response):
+    response = get_response(event)
+    body = response.body
+    if isinstance(body, dict) and set(body) == {"Code", "Message"}:
+        field = FRAMEWORK_ERROR_FIELDS.get(response.status_code, "request")
+        response.body = {"error": {"code": body["Code"], "message": body["Message"],
+                                   "fields": [{"field": field, "message": body["Message"]}]}}
+    return response
 
 
 def handled(route):
@@ -44,21 +60,23 @@ def handled(route):
             status, body, extra = route(client, correlation_id, *args, **kwargs)
             return _json(status, body, correlation_id, extra)
         except Unauthorized as exc:
-            return _error(401, "unauthorized", f"{exc}: send a valid X-Api-Key header", correlation_id)
+            return _error(401, "unauthorized", f"{exc}: send a valid X-Api-Key header", correlation_id, "X-Api-Key")
         except InvalidRequest as exc:
             return _json(exc.status, exc.body(), correlation_id)
         except NotFound as exc:
-            return _error(404, "not_found", str(exc), correlation_id)
+            return _error(404, "not_found", str(exc), correlation_id, "order_id")
         except Conflict as exc:
-            return _error(409, "conflict", str(exc), correlation_id)
+            return _error(409, "conflict", str(exc), correlation_id, exc.field)
         except Exception as exc:
             if is_transient(exc):
                 logger.warning("dependency unavailable", extra={"reason": str(exc)[:300]})
-                response = _error(503, "unavailable", "a dependency is unavailable; retry with the same Idempotency-Key", correlation_id)
+                response = _error(503, "unavailable", "a dependency is unavailable; retry with the same Idempotency-Key",
+                                  correlation_id, "request")
                 response.headers["Retry-After"] = "2"
                 return response
             logger.exception("request failed")
-            return _error(500, "internal_error", "the request failed; retry with the same Idempotency-Key", correlation_id)
+            return _error(500, "internal_error", "the request failed; retry with the same Idempotency-Key",
+                          correlation_id, "request")
         finally:
             logger.thread_safe_clear_keys()
 

@@ -6,8 +6,11 @@ import os
 from chalice import Chalice
 
 from conveyor import bootstrap
-from conveyor.observability import CORRELATION_ATTRIBUTE
+from conveyor.observability import CORRELATION_ATTRIBUTE, publish_batch_metrics
 from conveyor.services.processing import QueueRecord
+
+# The queue's redrive maxReceiveCount: a failure on that receive is a DLQ send.
+MAX_RECEIVE_COUNT = int(os.environ.get("ORDERS_MAX_RECEIVE_COUNT", "5"))
 
 # Powertools owns log output; Chalice would add a second, plain-text handler.
 app = Chalice(app_name="conveyor-worker", configure_logs=False)
@@ -28,5 +31,6 @@ def handle_orders(event):
             )
         )
     result = bootstrap.batch_processor().process(records)
+    publish_batch_metrics(result, {r.message_id: r.receive_count for r in records}, MAX_RECEIVE_COUNT)
     # Needs ReportBatchItemFailures on the event source mapping (added in infra/, Chalice cannot).
     return {"batchItemFailures": [{"itemIdentifier": i} for i in result.failed_message_ids]}

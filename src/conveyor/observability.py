@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 import uuid
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
 
 CORRELATION_HEADER = "X-Correlation-Id"
 CORRELATION_ATTRIBUTE = "correlation_id"
@@ -17,3 +18,33 @@ def get_logger(service: str) -> Logger:
 
 def new_correlation_id() -> str:
     return str(uuid.uuid4())
+
+
+METRICS_NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Conveyor")
+# What the worker's outcomes are called in CloudWatch.
+OUTCOME_METRICS = {
+    "confirmed": "OrdersConfirmed",
+    "rejected": "OrdersRejected",
+    "cancelled": "OrdersCancelled",
+    "duplicate": "DuplicatesSuppressed",
+    "key_reused": "IdempotencyKeysReused",
+    "failed": "MessagesFailed",
+    "unprocessable": "MessagesUnprocessable",
+}
+
+
+def publish_batch_metrics(result, receive_counts: dict[str, int], max_receive_count: int) -> None:
+    """Write one batch's metrics to stdout in CloudWatch Embedded Metric Format."""
+    metrics = Metrics(namespace=METRICS_NAMESPACE, service="conveyor-worker")
+    metrics.add_metric(name="BatchSize", unit=MetricUnit.Count, value=len(receive_counts))
+    for outcome, name in OUTCOME_METRICS.items():
+        if result.outcomes.get(outcome):
+            metrics.add_metric(name=name, unit=MetricUnit.Count, value=result.outcomes[outcome])
+    metrics.add_metric(name="Retries", unit=MetricUnit.Count, value=max(0, result.attempts - 1))
+    # A message failing on its last allowed receive is what SQS moves to the DLQ next.
+    dlq_bound = sum(1 for m in result.failed_message_ids if receive_counts.get(m, 0) >= max_receive_count)
+    if dlq_bound:
+        metrics.add_metric(name="DlqSends", unit=MetricUnit.Count, value=dlq_bound)
+    for latency in result.settle_latencies_ms[:100]:  # EMF takes at most 100 values per metric
+        metrics.add_metric(name="AcceptedToSettledLatency", unit=MetricUnit.Milliseconds, value=latency)
+    metrics.flush_metrics()

@@ -89,6 +89,11 @@ def test_scarce_stock_rejects_with_a_reason(api, skus):
         ({"currency": "USD", "lines": [{"sku": "A-1", "quantity": 1}], "payment": {"provider": "stripe", "reference": "r", "amount": 0}}, {}, 400, "Idempotency-Key"),
         ("{not json", {"key": "e"}, 400, "body"),
         ("x" * (64 * 1024 + 1), {"key": "f"}, 413, "body"),
+        (b'{"currency": "\xff\xfe"}', {"key": "g"}, 400, "body"),
+        ('{"currency": ' + "[" * 5000 + "]" * 5000 + "}", {"key": "h"}, 400, "body"),
+        ('{"currency": "USD", "lines": [{"sku": "A-1", "quantity": 1' + "0" * 400 + '}], '
+         '"payment": {"provider": "stripe", "reference": "r", "amount": 0}}', {"key": "i"}, 422, "lines[0].quantity"),
+        ({"currency": "USD", "lines": [{"sku": "A-1", "quantity": -3}], "payment": {"provider": "stripe", "reference": "r", "amount": 0}}, {"key": "j"}, 422, "lines[0].quantity"),
     ],
 )
 def test_bad_input_gets_a_json_error_naming_the_field(api, body, headers, status, field):
@@ -188,3 +193,30 @@ def test_the_correlation_id_reaches_the_worker_logs(api, skus, caplog):
     traced = [line for line in lines if line.get("correlation_id") == correlation_id]
     assert traced and traced[0]["order_id"] == order_id
     assert traced[0]["service"] == "conveyor-worker" and traced[0]["outcome"] == "confirmed"
+
+
+def test_the_worker_publishes_embedded_metrics(api, skus, capfd):
+    order_id = api.post_order(order_body([(skus["plenty"], 1)], 1000), key="metered").json()["order_id"]
+    api.wait_settled(order_id)
+    time.sleep(0.2)
+
+    documents = [json.loads(line) for line in capfd.readouterr().out.splitlines() if '"_aws"' in line]
+    confirmed = [d for d in documents if "OrdersConfirmed" in d]
+    assert confirmed, "no EMF document with OrdersConfirmed"
+    document = confirmed[-1]
+    names = {m["Name"] for m in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert {"BatchSize", "OrdersConfirmed", "Retries", "AcceptedToSettledLatency"} <= names
+    assert document["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Conveyor"
+
+
+def test_injection_strings_are_stored_verbatim_and_never_executed(api, skus, session_database):
+    hostile = "'); DROP TABLE orders; -- <script>alert(1)</script> \u202e ${jndi:ldap://x}"
+    body = order_body([(skus["plenty"], 1)], 1000, reference=hostile) | {"customer": {"name": hostile}}
+
+    order_id = api.post_order(body, key="injection").json()["order_id"]
+    order = api.wait_settled(order_id)
+
+    assert order["status"] == "CONFIRMED"
+    assert order["payment"]["reference"] == hostile
+    assert order["details"]["customer"]["name"] == hostile
+    assert session_database.fetch_json("SELECT to_json(count(*))::text FROM orders") >= 1

@@ -90,6 +90,21 @@ def local_api_server(app: object, port: int):
         # response would wait ~40 ms for the client's delayed ACK.
         disable_nagle_algorithm = True
 
+        def method_not_allowed(self) -> None:
+            # API Gateway refuses methods Chalice's local server does not know; say so in JSON.
+            body = json.dumps({"error": {"code": "MethodNotAllowedError", "message": f"Unsupported method: {self.command}",
+                                         "fields": [{"field": "method", "message": "not allowed"}]}}).encode()
+            self.send_response(405)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def __getattr__(self, name: str):
+            if name.startswith("do_"):  # any method Chalice's handler has no do_ for (TRACE, QUERY, ...)
+                return self.method_not_allowed
+            raise AttributeError(name)
+
         def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
             access_log.info("http request", extra={
                 "method": self.command, "path": self.path, "status": int(code) if str(code).isdigit() else code,

@@ -30,6 +30,10 @@ class NotFound(LookupError):
 class Conflict(Exception):
     """The request contradicts what is already known (409)."""
 
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
+
 
 class Unauthorized(Exception):
     pass
@@ -92,7 +96,8 @@ class OrderService:
             if known["fingerprint"] != fingerprint:
                 raise Conflict(
                     f"Idempotency-Key {key!r} was already used for a different order ({order_id});"
-                    " use a new key for a new order"
+                    " use a new key for a new order",
+                    field="Idempotency-Key",
                 )
             return {"order_id": str(order_id), "status": known["status"]}
         message = place_message(
@@ -108,7 +113,7 @@ class OrderService:
         known = self.store.get_order_summary(client.id, parsed)
         if known is not None:
             if known["status"] == OrderStatus.REJECTED:
-                raise Conflict(f"order {order_id} was rejected and cannot be cancelled")
+                raise Conflict(f"order {order_id} was rejected and cannot be cancelled", field="order_id")
             if known["status"] == OrderStatus.CANCELLED:
                 return {"order_id": order_id, "status": OrderStatus.CANCELLED.value}
         self.queue.send(cancel_message(order_id=parsed, client_id=client.id, requested_at=self.now()), correlation_id)

@@ -5,6 +5,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Callable
 
 from pydantic import ValidationError
@@ -39,6 +40,7 @@ class BatchResult:
     failure_reasons: dict[str, str] = field(default_factory=dict)
     outcomes: Counter = field(default_factory=Counter)
     attempts: int = 0
+    settle_latencies_ms: list[float] = field(default_factory=list)  # accepted by the API -> recorded
 
 
 class BatchProcessor:
@@ -101,6 +103,10 @@ class BatchProcessor:
                 self.logger.info("retrying batch", extra={"reason": reason, "attempt": attempt})
                 self.sleep(random.uniform(0, 0.01 * 2**attempt))
                 continue
+            settled_at = datetime.now(UTC)
+            result.settle_latencies_ms.extend(
+                (settled_at - p.command.accepted_at).total_seconds() * 1000 for p in plan.placements
+            )
             for command in commands:
                 outcome = plan.outcomes[command.message_id]
                 result.outcomes[outcome.value] += 1
