@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 
 from chalice import Chalice
 
 from conveyor import bootstrap
+from conveyor.dataapi.client import retry_budget
 from conveyor.observability import CORRELATION_ATTRIBUTE, publish_batch_metrics
 from conveyor.services.processing import QueueRecord
 
 # The queue's redrive maxReceiveCount: a failure on that receive is a DLQ send.
 MAX_RECEIVE_COUNT = int(os.environ.get("ORDERS_MAX_RECEIVE_COUNT", "5"))
+REPORT_RESERVE_SECONDS = 2.0
 
 # Powertools owns log output; Chalice would add a second, plain-text handler.
 app = Chalice(app_name="conveyor-worker", configure_logs=False)
@@ -30,7 +33,11 @@ def handle_orders(event):
                 receive_count=int((raw.get("attributes") or {}).get("ApproximateReceiveCount", 1)),
             )
         )
-    result = bootstrap.batch_processor().process(records)
+    # Retry a resuming database only while the batch can still be reported in time.
+    budget = (retry_budget(event.context.get_remaining_time_in_millis() / 1000 - REPORT_RESERVE_SECONDS)
+              if event.context else nullcontext())
+    with budget:
+        result = bootstrap.batch_processor().process(records)
     publish_batch_metrics(result, {r.message_id: r.receive_count for r in records}, MAX_RECEIVE_COUNT)
     # Needs ReportBatchItemFailures on the event source mapping (added in infra/, Chalice cannot).
     return {"batchItemFailures": [{"itemIdentifier": i} for i in result.failed_message_ids]}

@@ -7,6 +7,7 @@ import os
 from conveyor.adapters.database import Database, create_engine_for
 from conveyor.adapters.order_store import OrderStore
 from conveyor.adapters.queue import OrdersQueue
+from conveyor.dataapi.client import RESOURCE_ARN_VARIABLE, DataApiDatabase
 from conveyor.observability import get_logger
 from conveyor.services.ordering import Authenticator, OrderService
 from conveyor.services.processing import BatchProcessor
@@ -26,7 +27,10 @@ def _required(name: str) -> str:
 
 
 @functools.cache
-def database() -> Database:
+def database() -> Database | DataApiDatabase:
+    """The RDS Data API when DATA_API_RESOURCE_ARN is set (Lambda on AWS), else a direct connection."""
+    if os.environ.get(RESOURCE_ARN_VARIABLE):
+        return DataApiDatabase.from_environment()
     return Database(create_engine_for(_required("DATABASE_URL")))
 
 

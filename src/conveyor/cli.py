@@ -22,17 +22,28 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from conveyor.local.stack import DevSettings, run
 
     run(
-        DevSettings(api_port=args.port, sqs_port=args.sqs_port, pollers=args.pollers),
+        DevSettings(api_port=args.port, sqs_port=args.sqs_port, pollers=args.pollers,
+                    data_api=args.data_api, data_api_port=args.data_api_port),
         say=lambda text: console.print(text, soft_wrap=True),
     )
     return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from conveyor.local.database import resolve_database_url
-    from conveyor.migrations_runner import upgrade
+    import os
 
-    upgrade(resolve_database_url())
+    from conveyor.dataapi.client import DATABASE_VARIABLE, RESOURCE_ARN_VARIABLE, SECRET_ARN_VARIABLE
+
+    if os.environ.get(RESOURCE_ARN_VARIABLE):  # a deploy machine that reaches Aurora only through the Data API
+        from conveyor.dataapi.migrations import upgrade_through_data_api
+
+        upgrade_through_data_api(os.environ[RESOURCE_ARN_VARIABLE], os.environ[SECRET_ARN_VARIABLE],
+                                 os.environ[DATABASE_VARIABLE])
+    else:
+        from conveyor.local.database import resolve_database_url
+        from conveyor.migrations_runner import upgrade
+
+        upgrade(resolve_database_url())
     console.print("migrations applied")
     return 0
 
@@ -183,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
     dev.add_argument("--sqs-port", type=int, default=9324, help="local SQS port (default 9324)")
     dev.add_argument("--pollers", type=int, default=4, help="concurrent worker pollers (default 4)")
+    dev.add_argument("--data-api-port", type=int, default=9325, help="local RDS Data API port (default 9325)")
+    dev.add_argument("--direct-database", dest="data_api", action="store_false",
+                     help="connect the API and worker to PostgreSQL directly instead of through the Data API")
     dev.set_defaults(func=cmd_dev)
 
     commands.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)

@@ -13,11 +13,13 @@ from conveyor.local.stack import DevSettings, LocalStack
 from conveyor.services.admin import create_client
 
 
-@pytest.fixture(scope="session")
-def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+@pytest.fixture(scope="session", params=["data_api", "direct"])
+def stack(request, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The stack as `conveyor dev` runs it: through the Data API by default, or directly."""
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setenv("DATABASE_URL", database_url)
-    settings = DevSettings(api_port=0, sqs_port=0, pollers=4, visibility_timeout=1)
+    settings = DevSettings(api_port=0, sqs_port=0, pollers=4, visibility_timeout=1,
+                           data_api=request.param == "data_api", data_api_port=0)
     with LocalStack(settings, tmp_path_factory.mktemp("stack")) as running:
         yield running
     monkeypatch.undo()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 import schemathesis
@@ -16,7 +17,7 @@ schema = schemathesis.openapi.from_dict(openapi_document())
 def api_key(stack, session_database) -> str:
     from conveyor.services.admin import create_client
 
-    return create_client(session_database, "schemathesis").api_key
+    return create_client(session_database, f"schemathesis-{uuid.uuid4().hex[:8]}").api_key
 
 
 @schema.parametrize()

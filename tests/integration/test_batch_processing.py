@@ -18,8 +18,8 @@ logger = logging.getLogger("test-worker")
 
 
 @pytest.fixture
-def processor(database) -> BatchProcessor:
-    return BatchProcessor(OrderStore(database), logger)
+def processor(worker_database) -> BatchProcessor:
+    return BatchProcessor(OrderStore(worker_database), logger)
 
 
 @pytest.fixture
@@ -156,7 +156,8 @@ def test_a_poison_message_fails_alone(shop, processor):
     assert shop.status(order_id) == "CONFIRMED"
 
 
-def test_a_batch_costs_a_fixed_number_of_statements(shop, processor):
+def test_a_batch_costs_a_fixed_number_of_statements(shop, database):
+    processor = BatchProcessor(OrderStore(database), logger)
     statements: list[str] = []
     engine = shop.database.engine
     listener = lambda conn, cursor, statement, *args: statements.append(statement)  # noqa: E731
@@ -186,7 +187,7 @@ def test_the_audit_trail_is_append_only(shop, processor):
     assert shop.events(order_id) == [(None, "CONFIRMED")]
 
 
-def test_concurrent_workers_never_oversell_or_duplicate(database):
+def test_concurrent_workers_never_oversell_or_duplicate(database, worker_database):
     """8 workers take overlapping, duplicated, shuffled batches of orders for scarce stock."""
     initial = {"HOT-1": 40, "HOT-2": 25, "WARM-3": 200}
     shop = Shop(database, [(sku, 100, stock) for sku, stock in initial.items()])
@@ -203,7 +204,7 @@ def test_concurrent_workers_never_oversell_or_duplicate(database):
     attempts = Counter()
 
     def work(worker: int) -> None:
-        processor = BatchProcessor(OrderStore(database), logger)
+        processor = BatchProcessor(OrderStore(worker_database), logger)
         for batch in batches[worker::8]:
             result = processor.process(batch)
             failures.extend(result.failed_message_ids)

@@ -33,16 +33,9 @@ SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:conveyor-local-Ab
 logger = logging.getLogger("test-dataapi-worker")
 
 
-@pytest.fixture(scope="module")
-def endpoint(database_url: str) -> Iterator[LocalDataApi]:
-    with LocalDataApi(database_url) as api, pytest.MonkeyPatch.context() as patch:
-        # What a Lambda function would have, with boto3 pointed at the endpoint by one variable.
-        patch.setenv("AWS_ENDPOINT_URL_RDS_DATA", api.endpoint_url)
-        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        patch.setenv("AWS_ACCESS_KEY_ID", "test")
-        patch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-        patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        yield api
+@pytest.fixture
+def endpoint(data_api_endpoint: LocalDataApi) -> LocalDataApi:
+    return data_api_endpoint
 
 
 @pytest.fixture

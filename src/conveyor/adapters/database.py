@@ -132,6 +132,11 @@ class Database:
             value = connection.execute(_statement(sql), params or {}).scalar_one()
         return json.loads(value) if isinstance(value, str) else value
 
+    def fetch_json_rows(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+        """Run a statement whose rows each hold one JSON text column."""
+        with self._connection() as connection:
+            return [json.loads(value) for value in connection.execute(_statement(sql), params or {}).scalars()]
+
     def execute(self, sql: str, params: dict[str, Any] | list[dict[str, Any]] | None = None) -> int:
         with self._connection() as connection:
             return connection.execute(_statement(sql), params or {}).rowcount

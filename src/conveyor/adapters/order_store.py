@@ -180,18 +180,16 @@ SELECT COALESCE((
 """
 
 # Keyset pagination, newest first; the cursor is the last row's (created_at, id).
+# One row per order: the Data API caps a row at 64 KB, not a page.
 LIST_ORDERS = f"""
-SELECT COALESCE(json_agg(page.body ORDER BY page.created_at DESC, page.id DESC), '[]')::text
-FROM (
-    SELECT o.created_at, o.id, {ORDER_JSON} AS body
-    FROM orders o
-    WHERE o.client_id = CAST(:client_id AS uuid)
-      AND (CAST(:status AS text) IS NULL OR o.status = CAST(:status AS text))
-      AND (CAST(:after_created_at AS timestamptz) IS NULL
-           OR (o.created_at, o.id) < (CAST(:after_created_at AS timestamptz), CAST(:after_id AS uuid)))
-    ORDER BY o.created_at DESC, o.id DESC
-    LIMIT :limit
-) AS page
+SELECT {ORDER_JSON}::text
+FROM orders o
+WHERE o.client_id = CAST(:client_id AS uuid)
+  AND (CAST(:status AS text) IS NULL OR o.status = CAST(:status AS text))
+  AND (CAST(:after_created_at AS timestamptz) IS NULL
+       OR (o.created_at, o.id) < (CAST(:after_created_at AS timestamptz), CAST(:after_id AS uuid)))
+ORDER BY o.created_at DESC, o.id DESC
+LIMIT :limit
 """
 
 FIND_CLIENT = """
@@ -252,7 +250,7 @@ class OrderStore:
         limit: int,
         after: tuple[str, str] | None,
     ) -> list[dict[str, Any]]:
-        return self.database.fetch_json(
+        return self.database.fetch_json_rows(
             LIST_ORDERS,
             {
                 "client_id": str(client_id),

@@ -199,6 +199,11 @@ class DataApiDatabase:
             return None
         return json.loads(value) if kind == "stringValue" else value
 
+    def fetch_json_rows(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+        """Run a statement whose rows each hold one JSON text column (each row under the 64 KB row limit)."""
+        response = self._call("ExecuteStatement", sql, params, parameters=_parameters(params or {}))
+        return [json.loads(record[0]["stringValue"]) for record in response.get("records", [])]
+
     def execute(self, sql: str, params: dict[str, Any] | list[dict[str, Any]] | None = None) -> int:
         """Run a statement; the number of rows it changed (-1 for several parameter sets, which the Data API
         does not count)."""

@@ -14,7 +14,10 @@ from types import ModuleType
 from typing import Callable
 
 from conveyor import bootstrap
-from conveyor.adapters.database import Database, create_engine_for
+from sqlalchemy.engine import make_url
+
+from conveyor.adapters.database import Database, create_engine_for, sqlalchemy_url
+from conveyor.dataapi.server import LocalDataApi
 from conveyor.local.database import embedded_database_url, state_dir
 from conveyor.local.event_source import SqsEventSourceMapping
 from conveyor.local.sqs import LocalSqs
@@ -22,6 +25,8 @@ from conveyor.migrations_runner import upgrade
 from conveyor.observability import CORRELATION_HEADER, get_logger
 from conveyor.services.admin import AdminError, create_client, import_catalog
 
+LOCAL_CLUSTER_ARN = "arn:aws:rds:us-east-1:000000000000:cluster:conveyor-local"
+LOCAL_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:000000000000:secret:conveyor-local"
 DEMO_CLIENT = "demo"
 DEMO_CATALOG = [
     {"sku": "A-1", "name": "Espresso beans 1 kg", "currency": "USD", "unit_price": 1000, "stock": 1_000_000},
@@ -38,6 +43,8 @@ class DevSettings:
     sqs_port: int = 9324
     pollers: int = 4
     visibility_timeout: int = 10
+    data_api: bool = True  # the API and worker reach PostgreSQL through the local Data API, as on AWS
+    data_api_port: int = 9325
 
 
 def repo_root() -> Path:
@@ -145,12 +152,26 @@ class LocalStack:
         seed_catalog(admin_db)
         admin_db.dispose()
 
+        database_environment = {"DATABASE_URL": database_url}
+        self.data_api_url = None
+        if self.settings.data_api:
+            data_api = LocalDataApi(database_url, port=self.settings.data_api_port).start()
+            self._stops.append(data_api.stop)
+            self.data_api_url = data_api.endpoint_url
+            database_environment.update(
+                DATA_API_RESOURCE_ARN=LOCAL_CLUSTER_ARN,
+                DATA_API_SECRET_ARN=LOCAL_SECRET_ARN,
+                DATA_API_DATABASE=make_url(sqlalchemy_url(database_url)).database,
+                AWS_ENDPOINT_URL_RDS_DATA=data_api.endpoint_url,
+            )
+            say(f"RDS Data API on {data_api.endpoint_url} in front of PostgreSQL (opt out: --direct-database)")
+
         self.sqs = LocalSqs(port=self.settings.sqs_port, visibility_timeout=self.settings.visibility_timeout).start()
         self._stops.append(self.sqs.stop)
         say(f"SQS (moto) on {self.sqs.endpoint_url}: {self.sqs.queue_url}, DLQ {self.sqs.dlq_url}")
         # The same variables a Lambda function has on AWS; boto3 reads AWS_ENDPOINT_URL_SQS itself.
         self._set_environment(
-            DATABASE_URL=database_url,
+            **database_environment,
             ORDERS_QUEUE_URL=self.sqs.queue_url,
             AWS_ENDPOINT_URL_SQS=self.sqs.endpoint_url,
             AWS_DEFAULT_REGION=self.sqs.region,
@@ -180,7 +201,7 @@ class LocalStack:
         self.api_url = f"http://127.0.0.1:{server.server.server_address[1]}"
         stack_file = self.directory / "stack.json"
         stack_file.write_text(
-            json.dumps({"api_url": self.api_url, "sqs_endpoint": self.sqs.endpoint_url,
+            json.dumps({"api_url": self.api_url, "sqs_endpoint": self.sqs.endpoint_url, "data_api": self.data_api_url,
                         "queue_url": self.sqs.queue_url, "dlq_url": self.sqs.dlq_url, "pid": os.getpid()}, indent=2)
         )
         self._stops.append(lambda: stack_file.unlink(missing_ok=True))

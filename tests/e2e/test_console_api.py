@@ -1,0 +1,172 @@
+"""The console's HTTP API through Flask's test client, against a real PostgreSQL (and moto's S3)."""
+from __future__ import annotations
+
+import io
+import time
+import uuid
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from conveyor.adapters.database import Database
+from conveyor.console.app import Services, create_app
+from conveyor.console.settings import DatabaseSettings
+
+TOKEN = "test-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+REPORT = (
+    "\ufeffbalance_transaction_id,created_utc,currency,gross,fee,net,reporting_category,charge_id,payment_intent_id\r\n"
+    "txn_1,2026-10-02 09:00:00,usd,12.50,0.66,11.84,charge,ch_1,pi_console_1\r\n"
+    "txn_2,2026-10-02 09:05:00,usd,5.00,0.45,4.55,charge,ch_2,pi_nobody\r\n"
+).encode()
+
+
+@pytest.fixture
+def recon_database(database: Database) -> Database:
+    database.execute("TRUNCATE order_payment_status, reconciliation_discrepancies, reconciliation_runs")
+    client_id = str(uuid.uuid4())
+    database.execute("INSERT INTO clients (id, name, api_key_hash) VALUES (CAST(:id AS uuid), :id, :id)", {"id": client_id})
+    database.execute(
+        "INSERT INTO orders (id, client_id, status, currency, total_amount, payment_provider, payment_reference,"
+        " payment_amount, created_at) VALUES (gen_random_uuid(), CAST(:client AS uuid), 'CONFIRMED', 'USD', 1250,"
+        " 'stripe', 'pi_console_1', 1250, '2026-10-01T00:00:00Z')",
+        {"client": client_id},
+    )
+    return database
+
+
+@pytest.fixture
+def services(recon_database, database_url, monkeypatch, tmp_path):
+    monkeypatch.setenv("CONSOLE_ADMIN_TOKEN", TOKEN)
+    monkeypatch.setenv("CONVEYOR_SPOOL_DIR", str(tmp_path / "spool"))
+    built = Services(lambda: DatabaseSettings(direct_url=database_url, data_api_url=None))
+    yield built
+    built.drain(10)
+
+
+@pytest.fixture
+def client(services):
+    return create_app(services).test_client()
+
+
+def wait_completed(client, location: str, timeout: float = 15.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = client.get(location, headers=AUTH).get_json()
+        if run["status"] in ("COMPLETED", "FAILED"):
+            return run
+        time.sleep(0.05)
+    raise AssertionError(f"run {location} did not finish in {timeout} s: {run}")
+
+
+def test_health_answers_without_a_database_and_readiness_says_what_is_missing():
+    client = create_app(Services(lambda: DatabaseSettings(None, None))).test_client()
+
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    not_ready = client.get("/readyz")
+    assert not_ready.status_code == 503
+    assert "DATABASE_URL" in not_ready.get_json()["error"]["message"]
+
+
+def test_readiness_with_a_database(client):
+    assert client.get("/readyz").get_json() == {"status": "ready"}
+
+
+def test_the_api_needs_the_admin_token(client, monkeypatch):
+    assert client.get(f"/api/reconciliations/{uuid.uuid4()}").status_code == 401
+    assert client.get(f"/api/reconciliations/{uuid.uuid4()}", headers={"Authorization": "Bearer nope"}).status_code == 401
+    monkeypatch.delenv("CONSOLE_ADMIN_TOKEN")
+    closed = client.get(f"/api/reconciliations/{uuid.uuid4()}", headers=AUTH)
+    assert closed.status_code == 503 and "CONSOLE_ADMIN_TOKEN" in closed.get_json()["error"]["message"]
+
+
+def test_an_upload_is_reconciled_in_the_background_and_the_same_upload_gives_the_same_run(client, tmp_path):
+    started = client.post("/api/reconciliations", headers=AUTH,
+                          data={"report": (io.BytesIO(REPORT), "stripe.csv")}, content_type="multipart/form-data")
+
+    assert started.status_code == 202
+    assert started.headers["Location"] == f"/api/reconciliations/{started.get_json()['id']}"
+    run = wait_completed(client, started.headers["Location"])
+    assert run["status"] == "COMPLETED", run["error"]
+    assert (run["rows_loaded"], run["rows_classified"]) == (2, 2)
+    assert run["counts"]["matched"] == 1 and run["counts"]["unknown_payment"] == 1
+    assert run["totals"] == {"USD": {"gross": 1750, "fees": 111, "net": 1639, "payouts": 0}}
+    assert list((tmp_path / "spool").iterdir()) == []  # the spooled upload is gone once its run has finished
+
+    again = client.post("/api/reconciliations", headers=AUTH,
+                        data={"report": (io.BytesIO(REPORT), "renamed.csv")}, content_type="multipart/form-data")
+    assert again.status_code == 200 and again.get_json()["id"] == run["id"]
+
+    unknown = client.get(f"{run['links']['discrepancies']}?category=unknown_payment", headers=AUTH).get_json()
+    assert [d["payment_reference"] for d in unknown["discrepancies"]] == ["pi_nobody"]
+
+
+def test_a_local_path_source(client, tmp_path):
+    path = tmp_path / "report.csv"
+    path.write_bytes(REPORT)
+
+    started = client.post("/api/reconciliations", headers=AUTH, json={"source": str(path), "format": "stripe"})
+
+    assert started.status_code == 202
+    assert wait_completed(client, started.headers["Location"])["counts"]["matched"] == 1
+
+
+def test_an_s3_source(client, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="settlements")
+        s3.put_object(Bucket="settlements", Key="stripe/2026-10.csv", Body=REPORT)
+
+        started = client.post("/api/reconciliations", headers=AUTH, json={"source": "s3://settlements/stripe/2026-10.csv"})
+        missing = client.post("/api/reconciliations", headers=AUTH, json={"source": "s3://settlements/nope.csv"})
+
+    assert started.status_code == 202, started.get_json()
+    run = wait_completed(client, started.headers["Location"])
+    assert run["source"] == "s3://settlements/stripe/2026-10.csv" and run["counts"]["matched"] == 1
+    assert missing.status_code == 400 and missing.get_json()["error"]["code"] == "source_not_found"
+
+
+@pytest.mark.parametrize(("body", "code", "words"), [
+    ({"nothing": 1}, "invalid_report", "source"),
+    ({"source": "/no/such/report.csv"}, "source_not_found", "no such file"),
+    ({"source": "PLACEHOLDER", "format": "paypal"}, "invalid_report", "unknown format"),
+    ({"source": "PLACEHOLDER", "cutoff": "yesterday"}, "invalid_report", "ISO 8601"),
+    ({"source": "PLACEHOLDER", "cutoff": "2026-10-31T00:00:00"}, "invalid_report", "time zone"),
+])
+def test_bad_requests_say_what_to_send(client, tmp_path, body, code, words):
+    path = tmp_path / "report.csv"
+    path.write_bytes(REPORT)
+    body = {key: str(path) if value == "PLACEHOLDER" else value for key, value in body.items()}
+
+    answer = client.post("/api/reconciliations", headers=AUTH, json=body)
+
+    assert answer.status_code == 400
+    assert answer.get_json()["error"]["code"] == code
+    assert words in answer.get_json()["error"]["message"]
+
+
+def test_a_report_of_unknown_layout_is_refused_before_any_run(client):
+    answer = client.post("/api/reconciliations", headers=AUTH,
+                         data={"report": (io.BytesIO(b"a,b,c\n1,2,3\n"), "x.csv")}, content_type="multipart/form-data")
+
+    assert answer.status_code == 400 and "--format" in answer.get_json()["error"]["message"]
+
+
+def test_an_unknown_run_is_404(client):
+    assert client.get(f"/api/reconciliations/{uuid.uuid4()}", headers=AUTH).status_code == 404
+    assert client.get("/api/reconciliations/not-a-uuid", headers=AUTH).status_code == 404
+
+
+def test_a_draining_service_refuses_new_runs_and_finishes_running_ones(client, services, tmp_path):
+    path = tmp_path / "report.csv"
+    path.write_bytes(REPORT)
+    started = client.post("/api/reconciliations", headers=AUTH, json={"source": str(path)})
+
+    assert services.drain(15) is True
+    assert client.get(started.headers["Location"], headers=AUTH).get_json()["status"] == "COMPLETED"
+    refused = client.post("/api/reconciliations", headers=AUTH, json={"source": str(path)})
+    assert refused.status_code == 503 and refused.get_json()["error"]["code"] == "shutting_down"
