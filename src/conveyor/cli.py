@@ -23,7 +23,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     run(
         DevSettings(api_port=args.port, sqs_port=args.sqs_port, pollers=args.pollers,
-                    data_api=args.data_api, data_api_port=args.data_api_port),
+                    data_api=args.data_api, data_api_port=args.data_api_port, console_port=args.console_port),
         say=lambda text: console.print(text, soft_wrap=True),
     )
     return 0
@@ -195,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--sqs-port", type=int, default=9324, help="local SQS port (default 9324)")
     dev.add_argument("--pollers", type=int, default=4, help="concurrent worker pollers (default 4)")
     dev.add_argument("--data-api-port", type=int, default=9325, help="local RDS Data API port (default 9325)")
+    dev.add_argument("--console-port", type=int, default=8080, help="console and reconciliation port (default 8080)")
     dev.add_argument("--direct-database", dest="data_api", action="store_false",
                      help="connect the API and worker to PostgreSQL directly instead of through the Data API")
     dev.set_defaults(func=cmd_dev)

@@ -19,7 +19,7 @@ def stack(request, database_url: str, tmp_path_factory: pytest.TempPathFactory) 
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setenv("DATABASE_URL", database_url)
     settings = DevSettings(api_port=0, sqs_port=0, pollers=4, visibility_timeout=1,
-                           data_api=request.param == "data_api", data_api_port=0)
+                           data_api=request.param == "data_api", data_api_port=0, console_port=0)
     with LocalStack(settings, tmp_path_factory.mktemp("stack")) as running:
         yield running
     monkeypatch.undo()

@@ -82,7 +82,7 @@ class LocalSqs:
         if self._server is not None:
             self._queues = self._create_queues()
             return self
-        self._server = _MotoServerProcess(self._requested_port or _free_port())
+        self._server = _MotoServerProcess(self._requested_port or free_port())
         try:
             self._queues = self._create_queues()
         except Exception:
@@ -199,7 +199,7 @@ class _MotoServerProcess:
         self._log.close()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind((LOOPBACK, 0))
         return probe.getsockname()[1]

@@ -17,10 +17,11 @@ from conveyor import bootstrap
 from sqlalchemy.engine import make_url
 
 from conveyor.adapters.database import Database, create_engine_for, sqlalchemy_url
+from conveyor.console.server import start_console
 from conveyor.dataapi.server import LocalDataApi
 from conveyor.local.database import embedded_database_url, state_dir
 from conveyor.local.event_source import SqsEventSourceMapping
-from conveyor.local.sqs import LocalSqs
+from conveyor.local.sqs import LocalSqs, free_port
 from conveyor.migrations_runner import upgrade
 from conveyor.observability import CORRELATION_HEADER, get_logger
 from conveyor.services.admin import AdminError, create_client, import_catalog
@@ -45,6 +46,7 @@ class DevSettings:
     visibility_timeout: int = 10
     data_api: bool = True  # the API and worker reach PostgreSQL through the local Data API, as on AWS
     data_api_port: int = 9325
+    console_port: int = 8080
 
 
 def repo_root() -> Path:
@@ -78,6 +80,15 @@ def demo_api_key(database: Database, directory: Path) -> str:
     key_file.write_text(key + "\n")
     key_file.chmod(0o600)
     return key
+
+
+def console_admin_token(directory: Path) -> str:
+    """The local console's admin token, kept in the state folder like the demo key."""
+    token_file = directory / "console-admin-token"
+    if not token_file.exists():
+        token_file.write_text("cvt_" + secrets.token_urlsafe(24) + "\n")
+        token_file.chmod(0o600)
+    return token_file.read_text().strip()
 
 
 def seed_catalog(database: Database) -> None:
@@ -166,6 +177,13 @@ class LocalStack:
             )
             say(f"RDS Data API on {data_api.endpoint_url} in front of PostgreSQL (opt out: --direct-database)")
 
+        console = start_console(database_url, port=self.settings.console_port or free_port(),
+                                admin_token=console_admin_token(self.directory))
+        self._stops.append(console.stop)
+        self.console_url = console.url
+        say(f"console and reconciliation service (gunicorn) on {console.url}: "
+            f"Authorization: Bearer {console.admin_token}")
+
         self.sqs = LocalSqs(port=self.settings.sqs_port, visibility_timeout=self.settings.visibility_timeout).start()
         self._stops.append(self.sqs.stop)
         say(f"SQS (moto) on {self.sqs.endpoint_url}: {self.sqs.queue_url}, DLQ {self.sqs.dlq_url}")
@@ -201,7 +219,7 @@ class LocalStack:
         self.api_url = f"http://127.0.0.1:{server.server.server_address[1]}"
         stack_file = self.directory / "stack.json"
         stack_file.write_text(
-            json.dumps({"api_url": self.api_url, "sqs_endpoint": self.sqs.endpoint_url, "data_api": self.data_api_url,
+            json.dumps({"api_url": self.api_url, "sqs_endpoint": self.sqs.endpoint_url, "data_api": self.data_api_url, "console_url": self.console_url,
                         "queue_url": self.sqs.queue_url, "dlq_url": self.sqs.dlq_url, "pid": os.getpid()}, indent=2)
         )
         self._stops.append(lambda: stack_file.unlink(missing_ok=True))

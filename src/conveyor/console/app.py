@@ -1,0 +1,198 @@
+"""The console's HTTP entrypoint: parse the request, call one service function, shape the answer.
+
+Routes:
+- GET  /healthz                  the process is alive (needs no database)
+- GET  /readyz                   the database answers
+- POST /api/reconciliations      JSON {"source": "s3://bucket/key" | "/path", "format"?, "cutoff"?},
+                                 or a multipart upload (file field "report", form fields format, cutoff)
+- GET  /api/reconciliations/ID   a run: status, progress (rows loaded, rows classified) and result
+- GET  /api/reconciliations/ID/discrepancies?category=&after=&limit=
+
+/api/* needs `Authorization: Bearer $CONSOLE_ADMIN_TOKEN`; without that variable the API is closed.
+"""
+from __future__ import annotations
+
+import functools
+import hmac
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from conveyor.adapters.database import Database, create_engine_for
+from conveyor.console import settings
+from conveyor.observability import get_logger
+from conveyor.reconciliation.engine import CATEGORIES
+from conveyor.reconciliation.formats import SettlementReportError
+from conveyor.reconciliation.jobs import BackgroundRuns, ShuttingDown
+from conveyor.reconciliation.service import ReconciliationError, ReconciliationService, direct_connection
+from conveyor.reconciliation.sources import open_source, spool
+
+MAX_DISCREPANCIES_PAGE = 1000
+
+
+class Services:
+    """The database and the background runs, built on first use: /healthz needs neither."""
+
+    def __init__(self, database_settings: Callable[[], settings.DatabaseSettings] = settings.database_settings):
+        self._database_settings = database_settings
+        self._lock = threading.Lock()
+        self._runs: BackgroundRuns | None = None
+
+    @property
+    def runs(self) -> BackgroundRuns:
+        with self._lock:
+            if self._runs is None:
+                self._runs = self._build()
+            return self._runs
+
+    def _build(self) -> BackgroundRuns:
+        configured = self._database_settings()
+        if configured.direct_url:
+            database = Database(create_engine_for(configured.direct_url))
+            connect = functools.partial(direct_connection, database.engine)
+        elif configured.data_api_url:
+            database, connect = Database(sa.create_engine(configured.data_api_url)), None
+        else:
+            raise settings.ConfigurationError(
+                "no database is configured: set DATABASE_URL, DATABASE_SECRET_ARN, or DATA_API_CLUSTER_ARN"
+                " with DATA_API_SECRET_ARN"
+            )
+        return BackgroundRuns(ReconciliationService(database, connect))
+
+    def begin_drain(self) -> None:
+        if self._runs is not None:
+            self._runs.begin_drain()
+
+    def drain(self, timeout: float) -> bool:
+        return self._runs.drain(timeout) if self._runs is not None else True
+
+
+def create_app(services: Services | None = None) -> Flask:
+    app = Flask("conveyor.console")
+    services = services or Services()
+    app.extensions["conveyor"] = services
+    logger = get_logger("conveyor-console")
+
+    def error(status: int, code: str, message: str) -> tuple[Response, int]:
+        return jsonify({"error": {"code": code, "message": message}}), status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return error(exc.code or 500, exc.name.lower().replace(" ", "_"), exc.description or exc.name)
+
+    @app.errorhandler(settings.ConfigurationError)
+    def not_configured(exc: settings.ConfigurationError):
+        return error(503, "not_configured", str(exc))
+
+    @app.errorhandler(ShuttingDown)
+    def shutting_down(exc: ShuttingDown):
+        return error(503, "shutting_down", str(exc))
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        logger.exception("request failed", extra={"path": request.path})
+        return error(500, "internal_error", "the request failed unexpectedly; try again, and check the service logs")
+
+    @app.before_request
+    def authenticate():
+        if not request.path.startswith("/api/"):
+            return None
+        token = settings.admin_token()
+        if token is None:
+            return error(503, "not_configured", f"the admin API is closed: set {settings.ADMIN_TOKEN_VARIABLE}")
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return error(401, "unauthorized", "send the admin token as 'Authorization: Bearer TOKEN'")
+        return None
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz():
+        try:
+            services.runs.service.database.fetch_json("SELECT to_json(1)::text")
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready; say which
+            return error(503, "not_ready", f"the database is not reachable: {type(exc).__name__}: {exc}"[:500])
+        return jsonify({"status": "ready"})
+
+    @app.post("/api/reconciliations")
+    def start_reconciliation():
+        try:
+            format, cutoff, report = _report_from_request()
+            run = services.runs.start(report, format, cutoff)
+        except FileNotFoundError as exc:
+            return error(400, "source_not_found", str(exc))
+        except (SettlementReportError, ReconciliationError) as exc:
+            return error(400, "invalid_report", str(exc))
+        run.pop("needs_execution")
+        location = f"/api/reconciliations/{run['id']}"
+        status = 200 if run["status"] == "COMPLETED" else 202
+        return jsonify(_run_view(run)), status, {"Location": location}
+
+    @app.get("/api/reconciliations/<run_id>")
+    def get_reconciliation(run_id: str):
+        run = services.runs.service.get(run_id)
+        if run is None:
+            return error(404, "not_found", f"no reconciliation run {run_id}")
+        return jsonify(_run_view(run))
+
+    @app.get("/api/reconciliations/<run_id>/discrepancies")
+    def list_discrepancies(run_id: str):
+        service = services.runs.service
+        if service.get(run_id) is None:
+            return error(404, "not_found", f"no reconciliation run {run_id}")
+        category = request.args.get("category") or None
+        if category is not None and category not in CATEGORIES:
+            return error(400, "validation_error", f"category must be one of {', '.join(CATEGORIES)}")
+        try:
+            after = int(request.args.get("after", 0))
+            limit = min(int(request.args.get("limit", 100)), MAX_DISCREPANCIES_PAGE)
+        except ValueError:
+            return error(400, "validation_error", "after and limit must be whole numbers")
+        page = service.discrepancies(run_id, category, after=after, limit=max(limit, 1))
+        return jsonify({"discrepancies": page, "next_after": page[-1]["id"] if len(page) == limit else None})
+
+    return app
+
+
+def _report_from_request():
+    """(format, cutoff, report file) from a JSON body or a multipart upload."""
+    if request.files:
+        upload = request.files.get("report")
+        if upload is None:
+            raise ReconciliationError("send the report file in the multipart field 'report'")
+        fields: dict[str, Any] = request.form
+        report_factory = lambda: spool(upload.stream, f"upload:{upload.filename or 'report.csv'}")  # noqa: E731
+    else:
+        fields = request.get_json(silent=True) or {}
+        if not isinstance(fields, dict) or not isinstance(fields.get("source"), str):
+            raise ReconciliationError(
+                'send JSON {"source": "s3://bucket/key" or "/path/to/report.csv"}, or upload the file as'
+                " multipart field 'report'"
+            )
+        report_factory = lambda: open_source(fields["source"])  # noqa: E731
+    format = fields.get("format") or None
+    cutoff = _cutoff(fields.get("cutoff"))
+    return format, cutoff, report_factory()
+
+
+def _cutoff(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        raise ReconciliationError(
+            f"cutoff {value!r} is not an ISO 8601 time such as 2026-10-31T23:59:59+00:00") from None
+
+
+def _run_view(run: dict[str, Any]) -> dict[str, Any]:
+    return {**run, "links": {"self": f"/api/reconciliations/{run['id']}",
+                             "discrepancies": f"/api/reconciliations/{run['id']}/discrepancies"}}

@@ -1,0 +1,292 @@
+"""The set-based reconciliation engine: COPY a report into a staging table, classify with joins, apply.
+
+One run is one PostgreSQL transaction on one direct (psycopg) connection:
+
+1. take the run's advisory lock (one executor per run) and then the global one
+   (runs are serialised: each reads the payment statuses the previous one wrote);
+2. COPY the report's records into a temporary staging table, one COPY per chunk;
+3. match settlement rows to orders, classify, and total per currency, all in SQL;
+4. insert the discrepancies, save the orders' payment status, mark the run COMPLETED;
+5. COMMIT.
+
+A crash or an error anywhere before 5 rolls everything back, and the temporary tables
+and transaction-level locks vanish with the session: the run can simply be executed again.
+Progress goes out through a callback, which the service writes on another connection.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import islice
+from typing import TextIO
+
+import psycopg
+
+from conveyor.reconciliation.formats import STAGING_COLUMNS, SettlementReader, SettlementReportError
+
+# The categories every run reports, in this order, under exactly these names.
+CATEGORIES = (
+    "matched", "amount_mismatch", "currency_mismatch", "missing_in_report",
+    "unknown_payment", "duplicate_settlement", "refund_due", "refund_without_order",
+)
+# Per currency, in minor units.
+TOTAL_FIELDS = ("gross", "fees", "net", "payouts")
+CHUNK_ROWS = 100_000
+# pg_advisory_xact_lock(class, key): 'CNVR' as an int4 namespaces Conveyor's locks.
+LOCK_CLASS = 0x434E5652
+ALL_RUNS_LOCK_KEY = 0
+RUN_LOCK_CLASS = LOCK_CLASS + 1
+
+
+class RunInterrupted(RuntimeError):
+    """The run was asked to stop (e.g. the service is shutting down); nothing was applied."""
+
+
+@dataclass
+class Progress:
+    stage: str  # LOADING, CLASSIFYING or COMPLETED
+    rows_loaded: int = 0
+    rows_classified: int = 0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    counts: dict[str, int]
+    totals: dict[str, dict[str, int]]
+    cutoff: datetime | None
+    rows_loaded: int
+    rows_classified: int
+
+
+CREATE_STAGING = """
+CREATE TEMPORARY TABLE settlement_staging (
+    line_no bigint NOT NULL,
+    record_type text NOT NULL,
+    reference text,
+    alt_reference text,
+    currency text NOT NULL,
+    gross bigint NOT NULL,
+    fee bigint NOT NULL,
+    net_currency text NOT NULL,
+    net bigint NOT NULL,
+    created_at timestamptz,
+    transaction_id text
+) ON COMMIT DROP
+"""
+
+COPY_STAGING = f"COPY settlement_staging ({', '.join(STAGING_COLUMNS)}) FROM STDIN"
+
+# Payments and their returns, each with the order it settles: by the primary reference
+# (Stripe PaymentIntent, Adyen PSP reference), else by the fallback (charge id, merchant reference).
+MATCH_ORDERS = """
+CREATE TEMPORARY TABLE settlement_matches ON COMMIT DROP AS
+SELECT s.line_no, s.record_type, COALESCE(s.reference, s.alt_reference) AS reference, s.currency, s.gross,
+       COALESCE(by_reference.id, by_alt_reference.id) AS order_id
+FROM settlement_staging s
+LEFT JOIN orders by_reference
+       ON by_reference.payment_provider = %(provider)s AND by_reference.payment_reference = s.reference
+LEFT JOIN orders by_alt_reference
+       ON by_reference.id IS NULL AND s.alt_reference IS NOT NULL
+      AND by_alt_reference.payment_provider = %(provider)s AND by_alt_reference.payment_reference = s.alt_reference
+WHERE s.record_type IN ('payment', 'refund', 'chargeback', 'chargeback_reversal')
+"""
+
+# One outcome per payment. The category rules are documented in conveyor.reconciliation.
+CLASSIFY = """
+CREATE TEMPORARY TABLE reconciliation_outcomes ON COMMIT DROP AS
+WITH settled AS (
+    SELECT order_id,
+           count(*) FILTER (WHERE record_type = 'payment') AS payments,
+           min(currency) FILTER (WHERE record_type = 'payment') AS currency,
+           max(currency) FILTER (WHERE record_type = 'payment') AS other_currency,
+           sum(gross) FILTER (WHERE record_type = 'payment') AS paid,
+           sum(gross) AS kept,
+           count(*) AS settlement_rows
+    FROM settlement_matches
+    WHERE order_id IS NOT NULL
+    GROUP BY order_id
+), judged AS (
+    SELECT CASE
+               WHEN s.order_id IS NULL THEN 'missing_in_report'
+               WHEN s.payments = 0 THEN NULL  -- only returns: the payment settled in another report
+               WHEN o.status IN ('REJECTED', 'CANCELLED') THEN
+                   CASE WHEN s.kept > 0 THEN 'refund_due' ELSE 'matched' END
+               WHEN s.payments > 1 THEN 'duplicate_settlement'
+               WHEN s.currency <> o.currency OR s.other_currency <> s.currency THEN 'currency_mismatch'
+               WHEN s.paid <> COALESCE(o.payment_amount, o.total_amount) THEN 'amount_mismatch'
+               ELSE 'matched'
+           END AS category,
+           o.id AS order_id, o.status AS order_status, o.payment_reference,
+           o.currency AS expected_currency, COALESCE(o.payment_amount, o.total_amount) AS expected_amount,
+           s.currency AS settled_currency,
+           CASE WHEN o.status IN ('REJECTED', 'CANCELLED') THEN s.kept ELSE s.paid END AS settled_amount,
+           COALESCE(s.settlement_rows, 0) AS settlement_rows
+    FROM orders o
+    LEFT JOIN settled s ON s.order_id = o.id
+    LEFT JOIN order_payment_status earlier ON earlier.order_id = o.id
+    WHERE o.payment_provider = %(provider)s AND o.payment_reference IS NOT NULL
+      AND (s.order_id IS NOT NULL
+           OR (o.status = 'CONFIRMED' AND o.created_at <= %(cutoff)s
+               -- an order settled by an earlier run is not missing from this one
+               AND (earlier.payment_status IS NULL OR earlier.payment_status = 'missing_in_report')))
+)
+SELECT category, order_id, order_status, payment_reference, expected_currency, expected_amount,
+       settled_currency, settled_amount, settlement_rows, NULL::bigint[] AS report_lines
+FROM judged
+WHERE category IS NOT NULL
+UNION ALL
+SELECT CASE WHEN record_type = 'payment' THEN 'unknown_payment' ELSE 'refund_without_order' END,
+       NULL, NULL, reference, NULL, NULL, min(currency), sum(gross), count(*), array_agg(line_no ORDER BY line_no)
+FROM settlement_matches
+WHERE order_id IS NULL
+GROUP BY reference, record_type = 'payment'
+"""
+
+COUNT_OUTCOMES = "SELECT category, count(*) FROM reconciliation_outcomes GROUP BY category"
+
+SAVE_DISCREPANCIES = """
+INSERT INTO reconciliation_discrepancies (
+    run_id, category, order_id, order_status, payment_reference, expected_currency, expected_amount,
+    settled_currency, settled_amount, settlement_rows, report_lines)
+SELECT %(run_id)s, o.category, o.order_id, o.order_status, o.payment_reference, o.expected_currency,
+       o.expected_amount, o.settled_currency, o.settled_amount, o.settlement_rows,
+       COALESCE(o.report_lines, lines.report_lines, '{}')
+FROM reconciliation_outcomes o
+LEFT JOIN (
+    SELECT order_id, array_agg(line_no ORDER BY line_no) AS report_lines
+    FROM settlement_matches
+    WHERE order_id IN (SELECT order_id FROM reconciliation_outcomes WHERE category <> 'matched')
+    GROUP BY order_id
+) lines ON lines.order_id = o.order_id
+WHERE o.category <> 'matched'
+"""
+
+SAVE_PAYMENT_STATUS = """
+INSERT INTO order_payment_status AS current (order_id, payment_status, reconciliation_id)
+SELECT order_id, category, %(run_id)s FROM reconciliation_outcomes WHERE order_id IS NOT NULL
+ORDER BY order_id  -- index order: each primary key page is visited once, not once per row
+ON CONFLICT (order_id) DO UPDATE
+SET payment_status = EXCLUDED.payment_status, reconciliation_id = EXCLUDED.reconciliation_id, reconciled_at = now()
+WHERE current.payment_status <> EXCLUDED.payment_status
+"""
+
+# Gross is counted in the currency customers paid in; fees and net in the currency
+# settled to the merchant (they differ only when the provider converted). Payouts move
+# money to the bank and are totalled on their own.
+TOTALS = """
+SELECT currency, net_currency,
+       sum(gross) FILTER (WHERE record_type <> 'payout'),
+       sum(fee) FILTER (WHERE record_type <> 'payout'),
+       sum(net) FILTER (WHERE record_type <> 'payout'),
+       sum(net) FILTER (WHERE record_type = 'payout')
+FROM settlement_staging
+GROUP BY currency, net_currency
+"""
+
+COMPLETE_RUN = """
+UPDATE reconciliation_runs
+SET status = 'COMPLETED', counts = %(counts)s::jsonb, totals = %(totals)s::jsonb, cutoff = %(cutoff)s,
+    rows_loaded = %(rows_loaded)s, rows_classified = %(rows_classified)s, error = NULL,
+    finished_at = now(), updated_at = now()
+WHERE id = %(run_id)s
+"""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    run_id: str
+    format: str
+    requested_cutoff: datetime | None = None
+
+
+def reconcile(
+    connection: psycopg.Connection,
+    plan: RunPlan,
+    report: TextIO,
+    on_progress: Callable[[Progress], None] = lambda _: None,
+    stop: threading.Event | None = None,
+) -> RunResult | None:
+    """Execute one run in one transaction; None if another session is already executing it."""
+    stop = stop or threading.Event()
+    with connection.transaction(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))", (RUN_LOCK_CLASS, plan.run_id))
+        if not cursor.fetchone()[0]:
+            return None
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, ALL_RUNS_LOCK_KEY))
+        cursor.execute("SELECT status FROM reconciliation_runs WHERE id = %s", (plan.run_id,))
+        if cursor.fetchone()[0] == "COMPLETED":  # finished by another session while we waited
+            return None
+        # Room for the joins' hash tables: a million rows would otherwise spill to disk in batches.
+        cursor.execute("SET LOCAL work_mem = '256MB'")
+        reader = SettlementReader(report, plan.format)
+        cursor.execute(CREATE_STAGING)
+        on_progress(Progress("LOADING"))
+        rows_loaded = _load(cursor, reader.records(), stop, lambda loaded: on_progress(Progress("LOADING", loaded)))
+        reader.raise_if_malformed()
+        cursor.execute("ANALYZE settlement_staging")
+
+        cutoff = plan.requested_cutoff
+        if cutoff is None:
+            cursor.execute("SELECT COALESCE(max(created_at), now()) FROM settlement_staging")
+            cutoff = cursor.fetchone()[0]
+        provider = reader.provider
+        cursor.execute(MATCH_ORDERS, {"provider": provider})
+        cursor.execute("ANALYZE settlement_matches")
+        cursor.execute(CLASSIFY, {"provider": provider, "cutoff": cutoff})
+        counts = dict.fromkeys(CATEGORIES, 0)
+        counts.update(cursor.execute(COUNT_OUTCOMES).fetchall())
+        on_progress(Progress("CLASSIFYING", rows_loaded=rows_loaded, rows_classified=rows_loaded))
+        if stop.is_set():
+            raise RunInterrupted("the run was stopped before it finished; nothing was applied")
+
+        totals = _totals(cursor.execute(TOTALS).fetchall())
+        cursor.execute(SAVE_DISCREPANCIES, {"run_id": plan.run_id})
+        cursor.execute(SAVE_PAYMENT_STATUS, {"run_id": plan.run_id})
+        result = RunResult(counts=counts, totals=totals, cutoff=cutoff,
+                           rows_loaded=rows_loaded, rows_classified=rows_loaded)
+        cursor.execute(COMPLETE_RUN, {
+            "run_id": plan.run_id, "counts": json.dumps(counts), "totals": json.dumps(totals),
+            "cutoff": cutoff, "rows_loaded": rows_loaded, "rows_classified": rows_loaded,
+        })
+    on_progress(Progress("COMPLETED", rows_loaded=rows_loaded, rows_classified=rows_loaded))
+    return result
+
+
+def _load(cursor: psycopg.Cursor, records: Iterator[tuple], stop: threading.Event,
+          on_chunk: Callable[[int], None]) -> int:
+    """COPY records into the staging table, CHUNK_ROWS per COPY; returns the rows loaded."""
+    rows_loaded = 0
+    while True:
+        if stop.is_set():
+            raise RunInterrupted("the run was stopped before it finished; nothing was applied")
+        try:
+            with cursor.copy(COPY_STAGING) as copy:
+                for record in islice(records, CHUNK_ROWS):
+                    copy.write_row(record)
+        except psycopg.errors.DataError as exc:
+            raise SettlementReportError(
+                f"PostgreSQL refused a value in the report: {exc.diag.message_primary}"
+                f" ({exc.diag.context or 'no context'}). Fix that row and run the reconciliation again."
+            ) from None
+        if cursor.rowcount <= 0:
+            return rows_loaded
+        rows_loaded += cursor.rowcount
+        on_chunk(rows_loaded)
+
+
+def _totals(rows: list[tuple]) -> dict[str, dict[str, int]]:
+    totals: dict[str, dict[str, int]] = {}
+
+    def add(currency: str, field: str, amount: int | None) -> None:
+        entry = totals.setdefault(currency, dict.fromkeys(TOTAL_FIELDS, 0))
+        entry[field] += int(amount or 0)
+
+    for currency, net_currency, gross, fees, net, payouts in rows:
+        add(currency, "gross", gross)
+        add(net_currency, "fees", fees)
+        add(net_currency, "net", net)
+        add(net_currency, "payouts", payouts)
+    return dict(sorted(totals.items()))
