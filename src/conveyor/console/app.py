@@ -59,8 +59,8 @@ class Services:
             database, connect = Database(sa.create_engine(configured.data_api_url)), None
         else:
             raise settings.ConfigurationError(
-                "no database is configured: set DATABASE_URL, DATABASE_SECRET_ARN, or DATA_API_CLUSTER_ARN"
-                " with DATA_API_SECRET_ARN"
+                "no database is configured: set DATABASE_URL, DATABASE_SECRET_ARN, or DATA_API_RESOURCE_ARN"
+                " with DATA_API_SECRET_ARN and DATA_API_DATABASE"
             )
         return BackgroundRuns(ReconciliationService(database, connect))
 

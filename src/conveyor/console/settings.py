@@ -4,8 +4,8 @@ Database, in order of preference:
 - DATABASE_URL: a direct PostgreSQL URL;
 - DATABASE_SECRET_ARN: a Secrets Manager secret as RDS writes it (JSON with username,
   password, host, port, dbname), read once at startup; DATABASE_NAME overrides dbname;
-- DATA_API_CLUSTER_ARN + DATA_API_SECRET_ARN (+ DATABASE_NAME): the RDS Data API. Runs
-  can be read, but not executed: COPY needs a direct connection.
+- DATA_API_RESOURCE_ARN + DATA_API_SECRET_ARN + DATA_API_DATABASE, as for the API and the
+  worker: the RDS Data API. Runs can be read, but not executed: COPY needs a direct connection.
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import json
 import os
 from dataclasses import dataclass
 from urllib.parse import quote
+
+from conveyor.dataapi.client import DATABASE_VARIABLE, RESOURCE_ARN_VARIABLE, SECRET_ARN_VARIABLE
 
 ADMIN_TOKEN_VARIABLE = "CONSOLE_ADMIN_TOKEN"
 
@@ -51,10 +53,10 @@ def _url_from_secret(secrets_client) -> str | None:
 
 
 def _data_api_url() -> str | None:
-    cluster, secret = os.environ.get("DATA_API_CLUSTER_ARN"), os.environ.get("DATA_API_SECRET_ARN")
+    cluster, secret = os.environ.get(RESOURCE_ARN_VARIABLE), os.environ.get(SECRET_ARN_VARIABLE)
     if not (cluster and secret):
         return None
-    name = os.environ.get("DATABASE_NAME", "postgres")
+    name = os.environ.get(DATABASE_VARIABLE, "postgres")
     return (f"postgresql+auroradataapi://:@/{name}?aurora_cluster_arn={quote(cluster, safe='')}"
             f"&secret_arn={quote(secret, safe='')}")
 
