@@ -16,6 +16,9 @@ import json
 import multiprocessing
 import os
 import random
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -23,6 +26,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
+
+from sqlalchemy.engine import make_url
 
 from conveyor.adapters.database import Database, create_engine_for
 from conveyor.adapters.order_store import APPLY_BATCH_PLAN, OrderStore, plan_body
@@ -44,6 +49,7 @@ class ChaosSettings:
     visibility_timeout: float = 0.5
     seed: int = 1
     naive: bool = False  # swap in a non-idempotent store: the harness must then fail
+    data_api: bool = False  # workers reach PostgreSQL through a local Data API endpoint, as on Lambda
 
 
 @dataclass(eq=False)
@@ -223,14 +229,23 @@ class ChaosWorker:
     slow_seconds = 0.0
 
 
-def _worker_main(connection: Connection, database_url: str, naive: bool, slow_seconds: float) -> None:
+def _worker_main(connection: Connection, database_url: str, naive: bool, slow_seconds: float,
+                 data_api_url: str | None) -> None:
     import logging
 
     from conveyor.services.processing import BatchProcessor, QueueRecord
 
     logging.disable(logging.CRITICAL)  # thousands of injected faults would drown the terminal
     ChaosWorker.slow_seconds = slow_seconds
-    database = Database(create_engine_for(database_url, pool_size=1))
+    if data_api_url:
+        from conveyor.dataapi.client import DataApiDatabase
+        from conveyor.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
+
+        os.environ.update(AWS_ENDPOINT_URL_RDS_DATA=data_api_url, AWS_DEFAULT_REGION="us-east-1",
+                          AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test")
+        database = DataApiDatabase(LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN, make_url(database_url).database)
+    else:
+        database = Database(create_engine_for(database_url, pool_size=1))
     store = (NaiveStore if naive else FaultyStore)(database)
     processor = BatchProcessor(store, logging.getLogger("chaos-worker"), sleep=lambda _: None)
     while True:
@@ -259,12 +274,14 @@ class ChaosRun:
         self.queue = SimulatedQueue(settings.visibility_timeout, self.rng)
         self.context = multiprocessing.get_context("spawn")
         self.faults: Counter = Counter()
+        self.data_api_url: str | None = None
 
     def _start_worker(self) -> WorkerHandle:
         parent, child = self.context.Pipe()
         process = self.context.Process(
             target=_worker_main,
-            args=(child, self.database_url, self.settings.naive, self.settings.visibility_timeout * 1.5),
+            args=(child, self.database_url, self.settings.naive, self.settings.visibility_timeout * 1.5,
+                  self.data_api_url),
             daemon=True,
         )
         process.start()
@@ -277,6 +294,8 @@ class ChaosRun:
         for message in messages:
             self.queue.add(message)
         total = len(messages)
+        data_api = _DataApiProcess(self.database_url) if self.settings.data_api else None
+        self.data_api_url = data_api.url if data_api else None
         workers = [self._start_worker() for _ in range(self.settings.workers)]
         batch_ids = iter(range(1, 10**9))
         started = time.monotonic()
@@ -307,6 +326,8 @@ class ChaosRun:
                 except OSError:
                     pass
                 worker.process.join(timeout=5)
+            if data_api:
+                data_api.stop()
         self.progress(total, total)
         elapsed = time.monotonic() - started
         invariants = check_invariants(database, workload, self.queue.dlq)
@@ -321,6 +342,7 @@ class ChaosRun:
             "dlq_reasons": dict(Counter(reason.split(":")[0][:80] for reason in self.queue.dlq.values()).most_common(5)),
             "seconds": round(elapsed, 1),
             "naive": self.settings.naive,
+            "path": "data_api" if self.settings.data_api else "direct",
             "invariants": invariants,
         }
 
@@ -350,6 +372,37 @@ class ChaosRun:
                 message.last_failure = failures[message.message_id]
             else:
                 self.queue.delete(message, now)
+
+
+class _DataApiProcess:
+    """`conveyor dataapi` in a process of its own, so its HTTP work does not slow the queue loop."""
+
+    def __init__(self, database_url: str, startup_timeout: float = 30.0):
+        from conveyor.local.sqs import free_port
+
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "conveyor.cli", "dataapi", "--port", str(port), "--database-url", database_url],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("the local Data API endpoint did not start; run `conveyor dataapi` to see why")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
 
 
 def check_invariants(database: Database, workload: dict, dlq: dict[str, str]) -> dict[str, bool]:

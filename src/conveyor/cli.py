@@ -90,7 +90,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     from conveyor.local.database import resolve_database_url, scratch_database
 
     settings = ChaosSettings(orders=args.orders, workers=args.workers, fault_rate=args.fault_rate,
-                             seed=args.seed, naive=args.naive)
+                             seed=args.seed, naive=args.naive, data_api=args.data_api)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with scratch_database(resolve_database_url(), "chaos") as url, Progress(*columns, console=console) as progress:
         task = progress.add_task("messages settled", total=None)
@@ -236,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--fault-rate", type=float, default=0.05, help="share of batches given a fault (default 0.05)")
     chaos.add_argument("--seed", type=int, default=1)
     chaos.add_argument("--naive", action="store_true", help="swap in a non-idempotent store; the run must fail")
+    chaos.add_argument("--data-api", action="store_true", help="workers go through a local Data API endpoint")
     chaos.set_defaults(func=cmd_chaos)
 
     dataapi = commands.add_parser("dataapi", help="serve the RDS Data API on 127.0.0.1 in front of PostgreSQL")

@@ -16,6 +16,13 @@ def test_every_invariant_holds_over_20000_messages(database_url):
     assert summary["invariants"] == dict.fromkeys(summary["invariants"], True), summary
 
 
+def test_every_invariant_holds_through_the_data_api(database_url):
+    summary = ChaosRun(ChaosSettings(orders=2500, data_api=True), database_url).run()
+
+    assert summary["path"] == "data_api" and summary["messages"] >= 2500 and summary["crashes"] > 0
+    assert summary["invariants"] == dict.fromkeys(summary["invariants"], True), summary
+
+
 def test_a_non_idempotent_store_is_caught(database_url):
     summary = ChaosRun(ChaosSettings(orders=1500, naive=True), database_url).run()
 
