@@ -50,7 +50,8 @@ from conveyor.adapters.database import Database, create_engine_for
 from conveyor.adapters.order_store import OrderStore
 from conveyor.domain.orders import order_id_for, request_fingerprint
 from conveyor.local.database import disposable_server, libpq_url, scratch_database
-from conveyor.schemas import SCHEMA_VERSION, parse_order_request
+from conveyor.messages import place_message
+from conveyor.schemas import parse_order_request
 from conveyor.services.processing import BatchProcessor, QueueRecord
 
 ORDERS_PER_BATCH = 10
@@ -109,16 +110,8 @@ def make_order(rng: random.Random, client_id: uuid.UUID, catalog: list[SkuItem],
     order_id = order_id_for(client_id, key)
     fingerprint = request_fingerprint(order)
     accepted_at = datetime.now(UTC)
-    message = {
-        "schema_version": SCHEMA_VERSION,
-        "type": "order.place",
-        "order_id": str(order_id),
-        "client_id": str(client_id),
-        "idempotency_key": key,
-        "fingerprint": fingerprint,
-        "order": order,
-        "accepted_at": accepted_at.isoformat(),
-    }
+    message = place_message(order_id=order_id, client_id=client_id, idempotency_key=key,
+                            fingerprint=fingerprint, order=order, accepted_at=accepted_at)
     message_id, correlation_id = str(uuid.UUID(int=rng.getrandbits(128))), f"bench-corr-{number}"
     record = QueueRecord(message_id=message_id, body=json.dumps(message), correlation_id=correlation_id)
 

@@ -149,10 +149,12 @@ def test_a_poison_message_fails_alone(shop, processor):
     good, order_id = shop.place("k1", [("A-1", 1)])
     poison = QueueRecord(message_id="poison", body='{"schema_version": 99, "type": "order.place"}')
     garbage = QueueRecord(message_id="garbage", body="\x00not json")
+    oversized = QueueRecord(message_id="oversized", body=good.body.replace("pi_k1", "pi_" + "x" * 250_000))
 
-    result = processor.process([poison, good, garbage])
+    result = processor.process([poison, good, garbage, oversized])
 
-    assert sorted(result.failed_message_ids) == ["garbage", "poison"]
+    assert sorted(result.failed_message_ids) == ["garbage", "oversized", "poison"]
+    assert all(result.failure_reasons[m] for m in result.failed_message_ids)
     assert shop.status(order_id) == "CONFIRMED"
 
 
