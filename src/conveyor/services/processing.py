@@ -77,7 +77,8 @@ class BatchProcessor:
                 self._fail(commands, result, exc)
                 return result
             # One bad command must not sink the others: isolate it.
-            self.logger.warning("batch failed; applying its messages one by one", extra={"reason": str(exc)[:500]})
+            self.logger.warning("batch failed; applying its messages one by one",
+                                extra={"reason": str(exc)[:500], "correlation_ids": _correlation_ids(commands)})
             for command in commands:
                 try:
                     self._apply([command], result)
@@ -100,7 +101,8 @@ class BatchProcessor:
                 reason = RETRYABLE_SQLSTATES.get(sqlstate_of(exc) or "")
                 if reason is None or attempt == MAX_ATTEMPTS:
                     raise
-                self.logger.info("retrying batch", extra={"reason": reason, "attempt": attempt})
+                self.logger.info("retrying batch", extra={"reason": reason, "attempt": attempt,
+                                                          "correlation_ids": _correlation_ids(commands)})
                 self.sleep(random.uniform(0, 0.01 * 2**attempt))
                 continue
             settled_at = datetime.now(UTC)
@@ -120,11 +122,17 @@ class BatchProcessor:
     def _fail(self, commands: list[Command], result: BatchResult, exc: BaseException) -> None:
         self.logger.error(
             "messages failed and will be delivered again",
-            extra={"message_ids": [c.message_id for c in commands], "reason": str(exc)[:500]},
+            extra={"message_ids": [c.message_id for c in commands], "correlation_ids": _correlation_ids(commands),
+                   "reason": str(exc)[:500]},
         )
         result.failed_message_ids.extend(c.message_id for c in commands)
         result.failure_reasons.update((c.message_id, str(exc)[:500]) for c in commands)
         result.outcomes["failed"] += len(commands)
+
+
+def _correlation_ids(commands: list[Command]) -> list[str]:
+    """A batch-level line names every request it concerns, so each one can be traced."""
+    return sorted({c.correlation_id for c in commands if c.correlation_id})
 
 
 def parse_command(record: QueueRecord) -> Command:
