@@ -150,10 +150,10 @@ def run_load(settings: LoadSettings, console: Console) -> dict:
     )
     statuses = [o["status"] for o in settled.values()]
 
-    def percentile(q: float) -> float | None:
-        if not latencies:
-            return None
-        return round(statistics.quantiles(latencies, n=100, method="inclusive")[int(q) - 1], 1) if len(latencies) > 1 else round(latencies[0], 1)
+    def percentile(q: int) -> float | None:
+        if len(latencies) < 2:
+            return round(latencies[0], 1) if latencies else None
+        return round(statistics.quantiles(latencies, n=100, method="inclusive")[q - 1], 1)
 
     summary = {
         "placed": len(placed),
