@@ -81,16 +81,21 @@ COPY_STAGING = f"COPY settlement_staging ({', '.join(STAGING_COLUMNS)}) FROM STD
 
 # Payments and their returns, each with the order it settles: by the primary reference
 # (Stripe PaymentIntent, Adyen PSP reference), else by the fallback (charge id, merchant reference).
+# The fallback is a lookup per row the primary reference left unmatched, usually a few: as a
+# second join it would hash every order of the provider once more.
 MATCH_ORDERS = """
 CREATE TEMPORARY TABLE settlement_matches ON COMMIT DROP AS
 SELECT s.line_no, s.record_type, COALESCE(s.reference, s.alt_reference) AS reference, s.currency, s.gross,
-       COALESCE(by_reference.id, by_alt_reference.id) AS order_id
+       COALESCE(by_reference.id, (
+           SELECT by_alt_reference.id FROM orders by_alt_reference
+           WHERE by_alt_reference.payment_provider = %(provider)s
+             AND by_alt_reference.payment_reference = s.alt_reference
+           ORDER BY by_alt_reference.id
+           LIMIT 1
+       )) AS order_id
 FROM settlement_staging s
 LEFT JOIN orders by_reference
        ON by_reference.payment_provider = %(provider)s AND by_reference.payment_reference = s.reference
-LEFT JOIN orders by_alt_reference
-       ON by_reference.id IS NULL AND s.alt_reference IS NOT NULL
-      AND by_alt_reference.payment_provider = %(provider)s AND by_alt_reference.payment_reference = s.alt_reference
 WHERE s.record_type IN ('payment', 'refund', 'chargeback', 'chargeback_reversal')
 """
 
@@ -164,13 +169,23 @@ LEFT JOIN (
 WHERE o.category <> 'matched'
 """
 
-SAVE_PAYMENT_STATUS = """
-INSERT INTO order_payment_status AS current (order_id, payment_status, reconciliation_id)
-SELECT order_id, category, %(run_id)s FROM reconciliation_outcomes WHERE order_id IS NOT NULL
-ORDER BY order_id  -- index order: each primary key page is visited once, not once per row
-ON CONFLICT (order_id) DO UPDATE
-SET payment_status = EXCLUDED.payment_status, reconciliation_id = EXCLUDED.reconciliation_id, reconciled_at = now()
-WHERE current.payment_status <> EXCLUDED.payment_status
+# Only runs write payment statuses, and runs are serialised: a plain UPDATE of the statuses
+# that changed and a plain INSERT of the new ones need no ON CONFLICT (its speculative
+# insertion cost a third more on a million rows).
+UPDATE_PAYMENT_STATUS = """
+UPDATE order_payment_status current
+SET payment_status = o.category, reconciliation_id = %(run_id)s, reconciled_at = now()
+FROM reconciliation_outcomes o
+WHERE o.order_id = current.order_id AND current.payment_status <> o.category
+"""
+
+INSERT_PAYMENT_STATUS = """
+INSERT INTO order_payment_status (order_id, payment_status, reconciliation_id)
+SELECT o.order_id, o.category, %(run_id)s
+FROM reconciliation_outcomes o
+WHERE o.order_id IS NOT NULL
+  AND NOT EXISTS (SELECT FROM order_payment_status earlier WHERE earlier.order_id = o.order_id)
+ORDER BY o.order_id  -- index order: each primary key page is visited once, not once per row
 """
 
 # Gross is counted in the currency customers paid in; fees and net in the currency
@@ -200,6 +215,7 @@ class RunPlan:
     run_id: str
     format: str
     requested_cutoff: datetime | None = None
+    column_map: dict[str, str] | None = None  # generic format: field -> header name
 
 
 def reconcile(
@@ -221,7 +237,9 @@ def reconcile(
             return None
         # Room for the joins' hash tables: a million rows would otherwise spill to disk in batches.
         cursor.execute("SET LOCAL work_mem = '256MB'")
-        reader = SettlementReader(report, plan.format)
+        # Compiling each statement took longer than it saved (up to 175 ms a statement, measured).
+        cursor.execute("SET LOCAL jit = off")
+        reader = SettlementReader(report, plan.format, plan.column_map)
         cursor.execute(CREATE_STAGING)
         on_progress(Progress("LOADING"))
         rows_loaded = _load(cursor, reader.records(), stop, lambda loaded: on_progress(Progress("LOADING", loaded)))
@@ -235,7 +253,11 @@ def reconcile(
         provider = reader.provider
         cursor.execute(MATCH_ORDERS, {"provider": provider})
         cursor.execute("ANALYZE settlement_matches")
+        # Grouping a million matches by order: sorting took a third of the time of hashing, whose
+        # per-group sum and min/max states the planner underestimates (1.9 s and 420 MB vs 0.7 s).
+        cursor.execute("SET LOCAL enable_hashagg = off")
         cursor.execute(CLASSIFY, {"provider": provider, "cutoff": cutoff})
+        cursor.execute("SET LOCAL enable_hashagg TO DEFAULT")
         counts = dict.fromkeys(CATEGORIES, 0)
         counts.update(cursor.execute(COUNT_OUTCOMES).fetchall())
         on_progress(Progress("CLASSIFYING", rows_loaded=rows_loaded, rows_classified=rows_loaded))
@@ -244,7 +266,8 @@ def reconcile(
 
         totals = _totals(cursor.execute(TOTALS).fetchall())
         cursor.execute(SAVE_DISCREPANCIES, {"run_id": plan.run_id})
-        cursor.execute(SAVE_PAYMENT_STATUS, {"run_id": plan.run_id})
+        cursor.execute(UPDATE_PAYMENT_STATUS, {"run_id": plan.run_id})
+        cursor.execute(INSERT_PAYMENT_STATUS, {"run_id": plan.run_id})
         result = RunResult(counts=counts, totals=totals, cutoff=cutoff,
                            rows_loaded=rows_loaded, rows_classified=rows_loaded)
         cursor.execute(COMPLETE_RUN, {

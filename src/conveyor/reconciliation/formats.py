@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import operator
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TextIO
 
 from conveyor.domain.money import MoneyError, currency_exponent, to_minor_units
@@ -54,7 +54,8 @@ ADYEN_RECORD_TYPES = {
 }
 ADYEN_FEE_COLUMNS = ("commission (nc)", "markup (nc)", "scheme fees (nc)", "interchange (nc)")
 
-# The generic CSV's columns; only the first three are required. See README.
+# The generic CSV's fields, read from the columns of the same names unless a column mapping
+# names others; only the first three are required. See README.
 GENERIC_COLUMNS = {
     "reference": "the order's payment reference",
     "currency": "ISO 4217 code",
@@ -66,6 +67,7 @@ GENERIC_COLUMNS = {
     "created_at": "ISO 8601 timestamp; UTC when it has no offset",
     "transaction_id": "the provider's id for this row",
 }
+GENERIC_REQUIRED = ("reference", "currency", "amount")
 
 MAX_REPORTED_ERRORS = 20
 
@@ -114,19 +116,20 @@ def amount_in_minor_units(text: str, currency: str) -> int:
 
 
 def _minor_units(text: str, currency: str, exponent: int) -> int:
-    # Plain amounts such as `-12.50` take a fast path (a report has millions of them);
-    # everything else, and every refusal, goes through `money.to_minor_units`.
-    if _PLAIN_DECIMAL.fullmatch(text):
-        whole, _, fraction = text.partition(".")
-        if len(fraction) <= exponent:
-            return int(whole + fraction.ljust(exponent, "0"))
+    # Plain amounts such as `-12.50` take a fast path of string tests (a report has
+    # millions of them); everything else, and every refusal, goes through `money.to_minor_units`.
+    whole, dot, fraction = text.partition(".")
+    padding = exponent - len(fraction)
+    if (padding >= 0 and text.isascii() and (fraction.isdigit() or not dot)
+            and (whole.isdigit() or (whole[:1] == "-" and whole[1:].isdigit()))):
+        return int(whole + fraction + _ZEROS[padding])
     try:
         return to_minor_units(text, currency)
     except MoneyError as exc:
         raise MalformedRow(f"amount {text!r}: {exc}") from None
 
 
-_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?", re.ASCII)
+_ZEROS = ("", "0", "00", "000")  # exponents run from 0 to 3
 
 
 class _Columns:
@@ -247,11 +250,14 @@ def _credit_minus_debit(credit: str, debit: str, currency: str, exponent: int, w
 
 
 class _GenericRows:
-    def __init__(self, columns: _Columns):
-        columns.require("generic", "reference", "currency", "amount")
-        self.read = columns.reader(
+    def __init__(self, columns: _Columns, column_map: Mapping[str, str]):
+        def column(field: str) -> str:
+            return column_map.get(field, field)
+
+        columns.require("generic", *map(column, GENERIC_REQUIRED))
+        self.read = columns.reader(*map(column, (
             "type", "reference", "alt_reference", "currency", "amount", "fee", "net", "created_at", "transaction_id",
-        )
+        )))
 
     def record(self, fields: list[str], line_no: int) -> tuple:
         kind, reference, alt_reference, currency_code, amount, fee_text, net_text, created, transaction = (
@@ -286,13 +292,32 @@ def _record(line_no, record_type, reference, alt_reference, currency, gross, fee
             created, transaction_id)
 
 
-_ROW_PARSERS = {"stripe": _StripeRows, "adyen": _AdyenRows, "generic": _GenericRows}
+def check_column_map(format: str, column_map: Mapping[str, str] | None) -> dict[str, str]:
+    """A generic report's column mapping (field -> header name), normalised; {} for none."""
+    if not column_map:
+        return {}
+    if format != "generic":
+        raise SettlementReportError(
+            f"a column mapping applies to the generic format only; the {format} format has its own columns"
+        )
+    unknown = sorted(set(column_map) - set(GENERIC_COLUMNS))
+    if unknown:
+        raise SettlementReportError(
+            f"the column mapping names unknown field(s) {', '.join(unknown)}; map any of {', '.join(GENERIC_COLUMNS)}"
+        )
+    if not all(isinstance(name, str) and name.strip() for name in column_map.values()):
+        raise SettlementReportError("the column mapping maps a field to an empty column name")
+    return {field: normalise(name) for field, name in sorted(column_map.items())}
+
+
+_ROW_PARSERS = {"stripe": _StripeRows, "adyen": _AdyenRows}
 
 
 class SettlementReader:
     """Streams one report's rows as settlement records; holds one row in memory at a time."""
 
-    def __init__(self, text: TextIO, format: str | None = None):
+    def __init__(self, text: TextIO, format: str | None = None, column_map: Mapping[str, str] | None = None):
+        """`column_map` reads a generic report's fields from other columns: {"reference": "Order Ref"}."""
         self._rows = csv.reader(text, strict=True)
         try:
             self.header = next(self._rows)
@@ -306,9 +331,13 @@ class SettlementReader:
             ) from None
         if format is not None and format not in FORMATS:
             raise SettlementReportError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
-        self.format = format or detect_format(self.header)
+        # Only the generic format takes a mapping, and a mapped header need not look generic.
+        self.format = format or ("generic" if column_map else detect_format(self.header))
         self.provider = PROVIDER_OF_FORMAT[self.format]
-        self._parser = _ROW_PARSERS[self.format](_Columns(self.header))
+        self.column_map = check_column_map(self.format, column_map)
+        columns = _Columns(self.header)
+        self._parser = (_GenericRows(columns, self.column_map) if self.format == "generic"
+                        else _ROW_PARSERS[self.format](columns))
         self.errors: list[str] = []
 
     def records(self) -> Iterator[tuple]:
