@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from conveyor.adapters.database import Database
@@ -71,3 +73,12 @@ class Shop:
             "SELECT COALESCE(json_agg(json_build_array(from_status, to_status) ORDER BY id), '[]')::text"
             " FROM order_events WHERE order_id = CAST(:id AS uuid)", {"id": str(order_id)}
         )]
+
+
+def eventually(check: Callable[[], object], timeout: float = 15.0, what: str = "the condition") -> object:
+    """Poll `check` until it is truthy: for what a background thread or another process does."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        time.sleep(0.02)
+    return result

@@ -101,6 +101,30 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     return 0 if all(summary["invariants"].values()) else 1
 
 
+def _column_map(pairs: list[str] | None) -> dict[str, str] | None:
+    from conveyor.reconciliation.service import ReconciliationError
+
+    if not pairs:
+        return None
+    mapping = {}
+    for pair in pairs:
+        field, equals, column = pair.partition("=")
+        if not equals or not field.strip() or not column.strip():
+            raise ReconciliationError(f"--map {pair!r}: write FIELD=COLUMN, e.g. --map reference='Order Ref'")
+        mapping[field.strip()] = column
+    return mapping
+
+
+def _estimated_rows(path: Path) -> int:
+    """About how many rows a report holds, from the length of the lines in its first MiB (for a progress bar)."""
+    with path.open("rb") as report:
+        sample = report.read(1 << 20)
+    lines = sample.count(b"\n")
+    if lines < 2:
+        return 1
+    return max(1, round(path.stat().st_size * lines / len(sample)) - 1)  # the header is not a row
+
+
 def cmd_reconcile(args: argparse.Namespace) -> int:
     from datetime import datetime
 
@@ -109,7 +133,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     import psycopg
     from aws_lambda_powertools import Logger
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from sqlalchemy.exc import ProgrammingError
 
     from conveyor.reconciliation.engine import CATEGORIES
@@ -128,21 +152,26 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     report = open_source(args.source)
     try:
         try:
-            run = service.submit(report, args.format, cutoff)
+            run = service.submit(report, args.format, cutoff, _column_map(args.map))
         except ProgrammingError as exc:
             if isinstance(exc.orig, psycopg.errors.UndefinedTable):
                 raise ReconciliationError("this database has no reconciliation tables yet: run `conveyor migrate`"
                                           " first") from None
             raise
         if run["needs_execution"]:
-            with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+            expected_rows = _estimated_rows(report.path)
+            with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                          TextColumn("{task.completed:,.0f} rows"), TimeElapsedColumn(),
                           console=console, transient=True) as progress:
-                task = progress.add_task(f"reconciling {args.source} ({run['format']})")
+                task = progress.add_task(f"loading {args.source} ({run['format']})", total=expected_rows)
 
                 def show(step) -> None:
-                    progress.update(task, description=(
-                        f"{step.stage.lower()} {args.source}: {step.rows_loaded:,} rows loaded,"
-                        f" {step.rows_classified:,} classified"))
+                    if step.stage == "LOADING":
+                        progress.update(task, completed=step.rows_loaded, total=max(expected_rows, step.rows_loaded))
+                    else:  # loaded; what is left is a few set-based statements
+                        doing = "saving" if step.rows_classified else "classifying"
+                        progress.update(task, description=f"{doing} {args.source}",
+                                        completed=step.rows_loaded, total=step.rows_loaded)
 
                 run = service.execute(run["id"], report, on_progress=show)
         else:
@@ -228,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="default: detected from the header")
     reconcile.add_argument("--cutoff", help="ISO 8601 time with offset; confirmed orders created later are not"
                            " expected in the report (default: the report's latest row)")
+    reconcile.add_argument("--map", action="append", metavar="FIELD=COLUMN",
+                           help="generic format: read FIELD from the column COLUMN, e.g. --map reference='Order Ref'"
+                           " (repeatable; fields: reference, currency, amount, type, alt_reference, fee, net,"
+                           " created_at, transaction_id)")
     reconcile.set_defaults(func=cmd_reconcile)
 
     chaos = commands.add_parser("chaos", help="run the worker under redelivery, reordering, crashes and faults")

@@ -66,3 +66,72 @@ def test_load_places_orders_and_reports_settle_latency(stack, database_url, sess
     assert summary["confirmed"] + summary["rejected"] == 40
     assert summary["duplicates_suppressed"] == summary["duplicates_sent"] > 0
     assert summary["latency_ms"]["p50"] is not None and summary["latency_ms"]["p99"] >= summary["latency_ms"]["p50"]
+
+
+def add_order(database, provider: str, reference: str, amount: int, currency: str) -> None:
+    client_id = str(uuid.uuid4())
+    database.execute("INSERT INTO clients (id, name, api_key_hash) VALUES (CAST(:id AS uuid), :id, :id)", {"id": client_id})
+    database.execute(
+        "INSERT INTO orders (id, client_id, status, currency, total_amount, payment_provider, payment_reference,"
+        " payment_amount, created_at) VALUES (gen_random_uuid(), CAST(:client AS uuid), 'CONFIRMED', :currency,"
+        " :amount, :provider, :reference, :amount, '2026-10-01T00:00:00Z')",
+        {"client": client_id, "currency": currency, "amount": amount, "provider": provider, "reference": reference})
+
+
+def summary_of(result: subprocess.CompletedProcess) -> dict:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+CATEGORY_NAMES = ["matched", "amount_mismatch", "currency_mismatch", "missing_in_report", "unknown_payment",
+                  "duplicate_settlement", "refund_due", "refund_without_order"]
+
+
+def test_reconcile_a_stripe_export_and_an_adyen_report_ends_with_the_categories_and_totals(
+        database, database_url, tmp_path):
+    add_order(database, "stripe", "pi_cli_paid", 1250, "USD")
+    add_order(database, "stripe", "pi_cli_never_settled", 990, "USD")
+    add_order(database, "adyen", "8816000000000001", 1234, "KWD")
+    stripe = tmp_path / "balance_change_from_activity.csv"
+    stripe.write_bytes(
+        b"\xef\xbb\xbfbalance_transaction_id,created_utc,currency,gross,fee,net,reporting_category,charge_id,"
+        b"payment_intent_id\r\n"
+        b"txn_1,2026-10-02 09:00:00,usd,12.50,0.66,11.84,charge,ch_1,pi_cli_paid\r\n"
+        b"txn_2,2026-10-02 09:05:00,usd,5.00,0.45,4.55,charge,ch_2,pi_cli_stranger\r\n")
+    adyen = tmp_path / "settlement_detail_report_batch_7.csv"
+    adyen.write_text(
+        "Company Account,Merchant Account,Psp Reference,Merchant Reference,Creation Date,TimeZone,Type,"
+        "Modification Reference,Gross Currency,Gross Debit (GC),Gross Credit (GC),Net Currency,Net Debit (NC),"
+        "Net Credit (NC),Commission (NC),Markup (NC),Scheme Fees (NC),Interchange (NC)\r\n"
+        "Acme,AcmeEU,8816000000000001,order-1,2026-10-02 10:00:00,CET,Settled,,KWD,,1.234,KWD,,1.200,0.034,,,\r\n")
+
+    first = summary_of(conveyor("reconcile", str(stripe), database_url=database_url))
+    second = summary_of(conveyor("reconcile", str(adyen), database_url=database_url))
+
+    assert list(first)[:8] == CATEGORY_NAMES
+    assert (first["format"], first["matched"], first["missing_in_report"], first["unknown_payment"]) == ("stripe", 1, 1, 1)
+    assert first["totals"] == {"USD": {"gross": 1750, "fees": 111, "net": 1639, "payouts": 0}}
+    assert (second["format"], second["matched"], second["missing_in_report"]) == ("adyen", 1, 0)
+    assert second["totals"] == {"KWD": {"gross": 1234, "fees": 34, "net": 1200, "payouts": 0}}
+    again = conveyor("reconcile", str(stripe), database_url=database_url)
+    assert summary_of(again)["run_id"] == first["run_id"] and "already reconciled" in again.stderr
+
+
+def test_reconcile_a_generic_report_through_a_column_mapping_and_refuse_a_malformed_one(
+        database, database_url, tmp_path):
+    add_order(database, "generic", "INV-1", 5000, "JPY")
+    bank = tmp_path / "bank.csv"
+    bank.write_text("Order Ref,Settled,Ccy\nINV-1,5000,JPY\n")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("reference,currency,amount\nINV-1,JPY,50.5\n")
+
+    mapped = summary_of(conveyor("reconcile", str(bank), "--map", "reference=Order Ref", "--map", "amount=Settled",
+                                 "--map", "currency=Ccy", database_url=database_url))
+    unmapped = conveyor("reconcile", str(bank), database_url=database_url)
+    refused = conveyor("reconcile", str(bad), database_url=database_url)
+    typo = conveyor("reconcile", str(bank), "--map", "reference", database_url=database_url)
+
+    assert (mapped["format"], mapped["matched"]) == ("generic", 1)
+    assert unmapped.returncode == 2 and "--map reference=COLUMN" in unmapped.stderr
+    assert refused.returncode == 1 and "line 2" in refused.stderr and "50.5" in refused.stderr
+    assert typo.returncode == 2 and "FIELD=COLUMN" in typo.stderr

@@ -6,12 +6,18 @@ import time
 import uuid
 
 import boto3
+import psycopg
 import pytest
 from moto import mock_aws
 
 from conveyor.adapters.database import Database
 from conveyor.console.app import Services, create_app
 from conveyor.console.settings import DatabaseSettings
+from conveyor.local.database import libpq_url
+from conveyor.reconciliation import engine
+from conveyor.reconciliation.service import ReconciliationService, direct_connection
+from conveyor.reconciliation.sources import open_source, spool
+from support import eventually
 
 TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -40,7 +46,7 @@ def recon_database(database: Database) -> Database:
 def services(recon_database, database_url, monkeypatch, tmp_path):
     monkeypatch.setenv("CONSOLE_ADMIN_TOKEN", TOKEN)
     monkeypatch.setenv("CONVEYOR_SPOOL_DIR", str(tmp_path / "spool"))
-    built = Services(lambda: DatabaseSettings(direct_url=database_url, data_api_url=None))
+    built = Services(lambda: DatabaseSettings(direct_url=database_url))
     yield built
     built.drain(10)
 
@@ -170,3 +176,108 @@ def test_a_draining_service_refuses_new_runs_and_finishes_running_ones(client, s
     assert client.get(started.headers["Location"], headers=AUTH).get_json()["status"] == "COMPLETED"
     refused = client.post("/api/reconciliations", headers=AUTH, json={"source": str(path)})
     assert refused.status_code == 503 and refused.get_json()["error"]["code"] == "shutting_down"
+
+
+# Runs orphaned by a dead process, the restart route, and a drain that loses nothing.
+
+@pytest.fixture
+def runs_lock(database_url):
+    """Another run holding the lock every run takes: runs wait behind it until `release()`."""
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as session:
+        session.execute("SELECT pg_advisory_lock(%s, %s)", (engine.LOCK_CLASS, engine.ALL_RUNS_LOCK_KEY))
+
+        class Lock:
+            @staticmethod
+            def release() -> None:
+                session.execute("SELECT pg_advisory_unlock_all()")
+
+        yield Lock
+
+
+def left_by_a_dead_process(database: Database, report, status: str = "LOADING", seconds_ago: int = 3600) -> str:
+    """A run as a process killed mid-run leaves it: unfinished, and held by nobody."""
+    run_id = ReconciliationService(database, lambda: direct_connection(database.engine)).submit(report)["id"]
+    database.execute("UPDATE reconciliation_runs SET status = :status, updated_at = now() - make_interval(secs => :age)"
+                     " WHERE id = CAST(:id AS uuid)", {"id": run_id, "status": status, "age": seconds_ago})
+    return run_id
+
+
+
+def test_a_run_orphaned_by_a_dead_process_is_recovered_when_the_service_starts(recon_database, services, tmp_path):
+    path = tmp_path / "report.csv"
+    path.write_bytes(REPORT)
+    run_id = left_by_a_dead_process(recon_database, open_source(str(path)))
+    assert ReconciliationService(recon_database, lambda: direct_connection(recon_database.engine)).get(run_id)["orphaned"] is True
+
+    services.start().join(10)  # what a gunicorn worker does when it starts
+    assert services.runs.recovered.wait(15)
+
+    run = wait_completed(create_app(services).test_client(), f"/api/reconciliations/{run_id}")
+    assert run["status"] == "COMPLETED" and run["orphaned"] is False and run["counts"]["matched"] == 1
+
+
+def test_restart_executes_an_orphaned_run_and_says_why_when_it_cannot(client, services, recon_database, tmp_path):
+    assert client.get("/readyz").status_code == 200 and services.runs.recovered.wait(15)  # started, recovered
+    path = tmp_path / "report.csv"
+    path.write_bytes(REPORT)
+    orphaned = left_by_a_dead_process(recon_database, open_source(str(path)))
+    assert client.get(f"/api/reconciliations/{orphaned}", headers=AUTH).get_json()["orphaned"] is True
+
+    restarted = client.post(f"/api/reconciliations/{orphaned}/restart", headers=AUTH)
+
+    assert restarted.status_code == 202, restarted.get_json()
+    assert restarted.headers["Location"] == f"/api/reconciliations/{orphaned}"
+    assert restarted.get_json()["orphaned"] is False
+    assert wait_completed(client, restarted.headers["Location"])["status"] == "COMPLETED"
+    completed = client.post(f"/api/reconciliations/{orphaned}/restart", headers=AUTH)
+    assert completed.status_code == 409 and completed.get_json()["error"]["code"] == "already_completed"
+
+    gone = spool(io.BytesIO(REPORT.replace(b"pi_nobody", b"pi_gone")), "upload:gone.csv")
+    lost_upload = left_by_a_dead_process(recon_database, gone)
+    gone.discard()  # it was on the disk of a task that is gone
+    unavailable = client.post(f"/api/reconciliations/{lost_upload}/restart", headers=AUTH)
+    assert unavailable.status_code == 409
+    assert unavailable.get_json()["error"]["code"] == "report_unavailable"
+    assert "Upload the report again" in unavailable.get_json()["error"]["message"]
+
+    assert client.post(f"/api/reconciliations/{uuid.uuid4()}/restart", headers=AUTH).status_code == 404
+    assert client.post("/api/reconciliations/not-a-run/restart", headers=AUTH).status_code == 404
+    assert client.post(f"/api/reconciliations/{orphaned}/restart").status_code == 401
+
+
+def test_restart_of_a_run_queued_in_this_service_is_409(client, runs_lock):
+    started = client.post("/api/reconciliations", headers=AUTH,
+                          data={"report": (io.BytesIO(REPORT), "stripe.csv")}, content_type="multipart/form-data")
+
+    in_progress = client.post(f"{started.headers['Location']}/restart", headers=AUTH)
+
+    assert in_progress.status_code == 409 and in_progress.get_json()["error"]["code"] == "run_in_progress"
+    runs_lock.release()
+    assert wait_completed(client, started.headers["Location"])["status"] == "COMPLETED"
+
+
+def test_a_drained_service_leaves_its_uploads_for_the_next_start_which_executes_them(
+        client, services, runs_lock, database_url, tmp_path):
+    other_report = REPORT.replace(b"pi_nobody", b"pi_nobody_else")
+    locations = [client.post("/api/reconciliations", headers=AUTH, data={"report": (io.BytesIO(content), name)},
+                             content_type="multipart/form-data").headers["Location"]
+                 for content, name in ((REPORT, "one.csv"), (other_report, "two.csv"))]
+    run_ids = [location.rsplit("/", 1)[1] for location in locations]
+    service = services.runs.service
+    eventually(lambda: service.holders(run_ids[0])["executing"], what="the first run waiting for its turn")
+
+    assert services.drain(0.2) is False  # SIGTERM: one run waits, one never started
+    runs_lock.release()
+    eventually(lambda: all(service.get(run_id)["orphaned"] for run_id in run_ids), what="both runs let go")
+    assert {path.name for path in (tmp_path / "spool").iterdir()} == {f"run-{run_id}.csv" for run_id in run_ids}
+    assert [service.get(run_id)["status"] for run_id in run_ids] == ["QUEUED", "QUEUED"]
+
+    next_start = Services(lambda: DatabaseSettings(direct_url=database_url))
+    try:
+        next_start.start().join(10)
+        assert next_start.runs.recovered.wait(15)
+        next_client = create_app(next_start).test_client()
+        assert [wait_completed(next_client, location)["status"] for location in locations] == ["COMPLETED"] * 2
+    finally:
+        assert next_start.drain(15) is True
+    assert list((tmp_path / "spool").iterdir()) == []

@@ -5,14 +5,19 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
-from conveyor.adapters.database import Database
-from conveyor.reconciliation import engine
+from conveyor.adapters.database import Database, sqlstate_of
+from conveyor.dataapi.client import DataApiDatabase
+from conveyor.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
+from conveyor.reconciliation import engine, sessions
 from conveyor.reconciliation.engine import CATEGORIES
+from conveyor.reconciliation.formats import SettlementReportError
 from conveyor.reconciliation.service import ReconciliationService, direct_connection
 from conveyor.reconciliation.sources import open_source
 
@@ -69,8 +74,20 @@ def recon_database(database: Database) -> Database:
 
 
 @pytest.fixture
-def service(recon_database: Database) -> ReconciliationService:
+def direct_service(recon_database: Database) -> ReconciliationService:
     return ReconciliationService(recon_database, lambda: direct_connection(recon_database.engine))
+
+
+@pytest.fixture(params=["direct", "data_api"])
+def service(request, recon_database: Database, database_url: str) -> Iterator[ReconciliationService]:
+    """Runs over a direct connection (COPY), or through the Data API (batched INSERTs): tests run on both."""
+    if request.param == "direct":
+        yield request.getfixturevalue("direct_service")
+        return
+    request.getfixturevalue("data_api_endpoint").resume()
+    data_api = DataApiDatabase(LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN, make_url(database_url).database)
+    yield ReconciliationService(data_api, None)
+    data_api.dispose()
 
 
 @pytest.fixture
@@ -229,6 +246,43 @@ def test_the_generic_format_and_a_given_cutoff(service, orders, tmp_path):
     assert orders.payment_status(late) is None
 
 
+def test_a_generic_report_with_its_own_column_names_is_read_through_a_column_mapping(service, orders, tmp_path):
+    paid = orders.add("INV-7", 5000, currency="JPY", provider="generic")
+    report = write(tmp_path / "bank.csv", [
+        "Order Ref,Settled Amount,Ccy,Booked", "INV-7,5000,JPY,2026-10-20T10:00:00Z", "INV-8,1.000,KWD,2026-10-20",
+    ], bom=False)
+    mapping = {"reference": "Order Ref", "amount": " settled amount ", "currency": "CCY", "created_at": "Booked"}
+
+    run = reconcile(service, report, column_map=mapping)
+
+    assert run["status"] == "COMPLETED", run["error"]
+    assert run["format"] == "generic"
+    assert run["column_map"] == {"reference": "order ref", "amount": "settled amount", "currency": "ccy",
+                                 "created_at": "booked"}
+    assert run["counts"]["matched"] == 1 and run["counts"]["unknown_payment"] == 1
+    assert run["totals"]["KWD"]["gross"] == 1000
+    assert orders.payment_status(paid) == "matched"
+    # The mapping is part of what a run reconciles: the same bytes read another way are another run.
+    other = service.submit(open_source(str(report)), column_map={**mapping, "reference": "Booked"})
+    assert other["id"] != run["id"]
+    assert service.submit(open_source(str(report)), column_map=mapping)["id"] == run["id"]
+
+
+def test_a_column_mapping_is_refused_unless_it_fits_the_report(service, tmp_path):
+    report = open_source(str(write(tmp_path / "bank.csv", ["Order Ref,Settled Amount,Ccy", "INV-7,50,USD"], bom=False)))
+
+    with pytest.raises(SettlementReportError, match="map a generic report's columns"):
+        service.submit(report)
+    with pytest.raises(SettlementReportError, match="no column.*reference"):
+        service.submit(report, format="generic")
+    with pytest.raises(SettlementReportError, match="no column.*order number"):
+        service.submit(report, column_map={"reference": "Order Number", "amount": "Settled Amount", "currency": "Ccy"})
+    with pytest.raises(SettlementReportError, match="unknown field.*ref"):
+        service.submit(report, column_map={"ref": "Order Ref"})
+    with pytest.raises(SettlementReportError, match="generic format only"):
+        service.submit(report, format="stripe", column_map={"reference": "Order Ref"})
+
+
 def test_a_malformed_amount_refuses_the_whole_report(service, orders, tmp_path):
     order = orders.add("pi_ok", 1250)
     report = write(tmp_path / "bad.csv", [
@@ -269,8 +323,9 @@ def test_a_failure_after_every_write_leaves_nothing_applied_and_the_run_restarts
     # Everything has been written inside the run's transaction when completing it fails.
     monkeypatch.setattr(engine, "COMPLETE_RUN", "SELECT 1 / 0")
 
-    with pytest.raises(psycopg.errors.DivisionByZero):
+    with pytest.raises(Exception) as failed:
         reconcile(service, report)
+    assert sqlstate_of(failed.value) == "22012"  # division_by_zero
 
     assert orders.payment_status(order) is None
     failed = service.submit(open_source(str(report)))
@@ -285,9 +340,11 @@ def test_a_failure_after_every_write_leaves_nothing_applied_and_the_run_restarts
     assert orders.payment_status(order) == "amount_mismatch"
 
 
-def test_a_connection_killed_mid_load_leaves_nothing_applied(service, orders, recon_database, tmp_path, monkeypatch):
+def test_a_connection_killed_mid_load_leaves_nothing_applied(direct_service, orders, recon_database, tmp_path,
+                                                             monkeypatch):
+    service = direct_service
     order = orders.add("pi_0", 100)
-    monkeypatch.setattr(engine, "CHUNK_ROWS", 10)
+    monkeypatch.setattr(sessions, "COPY_CHUNK_ROWS", 10)
     lines = [STRIPE_HEADER] + [stripe_row(f"txn_{i}", "charge", "usd", "1.00", payment_intent=f"pi_{i}")
                                for i in range(50)]
     report = write(tmp_path / "a.csv", lines)

@@ -175,3 +175,26 @@ def test_an_empty_report_and_a_non_utf8_report_are_refused():
                                     encoding="utf-8-sig", newline="")
     with pytest.raises(SettlementReportError, match="UTF-8"):
         list(SettlementReader(reader_input).records())
+
+
+def test_a_generic_report_is_read_through_a_column_mapping():
+    text = "Order Ref,Paid,Ccy,Kind\nINV-1,1.250,bhd,refund\n"
+    reader = SettlementReader(io.StringIO(text, newline=""), column_map={
+        "reference": "order ref", "amount": " PAID ", "currency": "Ccy", "type": "Kind"})
+
+    [row] = [dict(zip(STAGING_COLUMNS, record)) for record in reader.records()]
+
+    assert reader.format == "generic"
+    assert reader.column_map == {"amount": "paid", "currency": "ccy", "reference": "order ref", "type": "kind"}
+    assert (row["record_type"], row["reference"], row["currency"], row["gross"]) == ("refund", "INV-1", "BHD", 1250)
+
+
+@pytest.mark.parametrize(("format", "column_map", "message"), [
+    ("stripe", {"reference": "Order Ref"}, "generic format only"),
+    (None, {"order": "Order Ref"}, "unknown field"),
+    (None, {"reference": " "}, "empty column name"),
+    (None, {"reference": "Invoice"}, "no column.*invoice"),
+])
+def test_a_column_mapping_that_does_not_fit_is_refused(format, column_map, message):
+    with pytest.raises(SettlementReportError, match=message):
+        SettlementReader(io.StringIO("Order Ref,Paid,Ccy\nINV-1,1,USD\n", newline=""), format, column_map)

@@ -3,10 +3,17 @@
 Routes:
 - GET  /healthz                  the process is alive (needs no database)
 - GET  /readyz                   the database answers
-- POST /api/reconciliations      JSON {"source": "s3://bucket/key" | "/path", "format"?, "cutoff"?},
-                                 or a multipart upload (file field "report", form fields format, cutoff)
-- GET  /api/reconciliations/ID   a run: status, progress (rows loaded, rows classified) and result
+- POST /api/reconciliations      JSON {"source": "s3://bucket/key" | "/path", "format"?, "cutoff"?, "columns"?},
+                                 or a multipart upload (file field "report", form fields format, cutoff,
+                                 columns as JSON text); columns maps generic fields to other column names
+- GET  /api/reconciliations/ID   a run: status, progress (rows loaded, rows classified) and result, and
+                                 `orphaned` (unfinished, and no live process executes it or has it queued)
+- POST /api/reconciliations/ID/restart   execute again an orphaned or FAILED run whose report can still be
+                                 read: 202; 409 when it is COMPLETED, in progress, or its report is gone
 - GET  /api/reconciliations/ID/discrepancies?category=&after=&limit=
+
+When the background runs are built (at a gunicorn worker's start, see `Services.start`),
+runs orphaned by a process that died are recovered in the background (`jobs.BackgroundRuns.recover`).
 
 /api/* needs `Authorization: Bearer $CONSOLE_ADMIN_TOKEN`; without that variable the API is closed.
 """
@@ -14,12 +21,12 @@ from __future__ import annotations
 
 import functools
 import hmac
+import json
 import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -29,7 +36,9 @@ from conveyor.observability import get_logger
 from conveyor.reconciliation.engine import CATEGORIES
 from conveyor.reconciliation.formats import SettlementReportError
 from conveyor.reconciliation.jobs import BackgroundRuns, ShuttingDown
-from conveyor.reconciliation.service import ReconciliationError, ReconciliationService, direct_connection
+from conveyor.reconciliation.service import (
+    DirectConnectionRequired, ReconciliationError, ReconciliationService, RunConflict, direct_connection,
+)
 from conveyor.reconciliation.sources import open_source, spool
 
 MAX_DISCREPANCIES_PAGE = 1000
@@ -48,15 +57,39 @@ class Services:
         with self._lock:
             if self._runs is None:
                 self._runs = self._build()
+                self._runs.recover_in_background()  # runs orphaned by a process that died
             return self._runs
+
+    def start(self) -> threading.Thread:
+        """Build the background runs now, in a thread: recovery should not wait for the first request."""
+
+        def build() -> None:
+            try:
+                self.runs
+            except Exception as exc:  # noqa: BLE001 - e.g. not configured: the first request says so
+                get_logger("conveyor-console").warning(
+                    "reconciliation runs are not recovered at startup", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+        thread = threading.Thread(target=build, name="console-startup", daemon=True)
+        thread.start()
+        return thread
 
     def _build(self) -> BackgroundRuns:
         configured = self._database_settings()
         if configured.direct_url:
-            database = Database(create_engine_for(configured.direct_url))
-            connect = functools.partial(direct_connection, database.engine)
-        elif configured.data_api_url:
-            database, connect = Database(sa.create_engine(configured.data_api_url)), None
+            engine = create_engine_for(configured.direct_url)
+            if configured.secret is not None:
+                configured.secret.keep_current(engine)  # RDS rotates the secret; new connections follow it
+            database = Database(engine)
+            connect = functools.partial(direct_connection, engine)
+        elif configured.data_api is not None:
+            # The API's and the worker's client: each statement one autocommitted ExecuteStatement.
+            # (The aurora-data-api dialect cannot autocommit: our writes through it were rolled back.)
+            database, connect = configured.data_api, None
+            get_logger("conveyor-console").warning(
+                "database reached through the RDS Data API: reconciliation runs load without COPY, and are"
+                " neither recovered nor restartable after a crash; set DATABASE_URL or DATABASE_SECRET_ARN for"
+                " large reports and crash recovery")
         else:
             raise settings.ConfigurationError(
                 "no database is configured: set DATABASE_URL, DATABASE_SECRET_ARN, or DATA_API_RESOURCE_ARN"
@@ -125,8 +158,8 @@ def create_app(services: Services | None = None) -> Flask:
     @app.post("/api/reconciliations")
     def start_reconciliation():
         try:
-            format, cutoff, report = _report_from_request()
-            run = services.runs.start(report, format, cutoff)
+            format, cutoff, columns, report = _report_from_request()
+            run = services.runs.start(report, format, cutoff, columns)
         except FileNotFoundError as exc:
             return error(400, "source_not_found", str(exc))
         except (SettlementReportError, ReconciliationError) as exc:
@@ -142,6 +175,18 @@ def create_app(services: Services | None = None) -> Flask:
         if run is None:
             return error(404, "not_found", f"no reconciliation run {run_id}")
         return jsonify(_run_view(run))
+
+    @app.post("/api/reconciliations/<run_id>/restart")
+    def restart_reconciliation(run_id: str):
+        try:
+            run = services.runs.restart(run_id)
+        except RunConflict as exc:
+            return error(409, exc.code, str(exc))
+        except DirectConnectionRequired as exc:
+            return error(503, "not_configured", str(exc))
+        if run is None:
+            return error(404, "not_found", f"no reconciliation run {run_id}")
+        return jsonify(_run_view(run)), 202, {"Location": f"/api/reconciliations/{run['id']}"}
 
     @app.get("/api/reconciliations/<run_id>/discrepancies")
     def list_discrepancies(run_id: str):
@@ -163,7 +208,7 @@ def create_app(services: Services | None = None) -> Flask:
 
 
 def _report_from_request():
-    """(format, cutoff, report file) from a JSON body or a multipart upload."""
+    """(format, cutoff, column mapping, report file) from a JSON body or a multipart upload."""
     if request.files:
         upload = request.files.get("report")
         if upload is None:
@@ -180,7 +225,23 @@ def _report_from_request():
         report_factory = lambda: open_source(fields["source"])  # noqa: E731
     format = fields.get("format") or None
     cutoff = _cutoff(fields.get("cutoff"))
-    return format, cutoff, report_factory()
+    columns = _columns(fields.get("columns"))
+    return format, cutoff, columns, report_factory()
+
+
+def _columns(value: Any) -> dict[str, str] | None:
+    """A generic report's column mapping: a JSON object, or its text in a multipart form field."""
+    if not value:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, dict) or not all(isinstance(name, str) for name in value.values()):
+        raise ReconciliationError(
+            'columns must be a JSON object of field to column name, e.g. {"reference": "Order Ref"}')
+    return value
 
 
 def _cutoff(value: Any) -> datetime | None:

@@ -74,7 +74,9 @@ _sigterm_at: list[float] = []
 
 
 def post_worker_init(worker) -> None:
-    """On SIGTERM, refuse new runs at once, then let gunicorn stop the worker as usual."""
+    """Recover runs orphaned by a dead process; on SIGTERM, refuse new runs at once, then stop as usual."""
+    # In a thread: the worker serves /healthz meanwhile. Every worker does it; claims make each run recovered once.
+    worker.wsgi.extensions["conveyor"].start()
     stop_worker = worker.handle_exit
 
     def on_sigterm(signum, frame) -> None:
@@ -92,4 +94,5 @@ def worker_exit(server, worker) -> None:
     budget = server.cfg.graceful_timeout - (time.monotonic() - started) - 2
     services = getattr(worker.wsgi, "extensions", {}).get("conveyor")
     if services is not None and not services.drain(max(budget, 0.0)):
-        worker.log.warning("reconciliation runs were stopped unfinished; nothing of them was applied")
+        worker.log.warning("reconciliation runs were stopped unfinished, nothing of them applied; the next start"
+                           " of the service executes them again")

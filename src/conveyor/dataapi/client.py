@@ -216,6 +216,26 @@ class DataApiDatabase:
         response = self._call("ExecuteStatement", sql, params, parameters=_parameters(params or {}))
         return response.get("numberOfRecordsUpdated", 0)
 
+    @contextmanager
+    def transaction(self) -> Iterator[DataApiTransaction]:
+        """One Data API transaction: committed when the block ends, rolled back if it raises.
+
+        For work that needs one session across statements (temporary tables, transaction
+        locks); everything else is cheaper as single, self-committing statements."""
+        transaction_id = self._call("BeginTransaction", None, None)["transactionId"]
+        try:
+            yield DataApiTransaction(self, transaction_id)
+        except BaseException:
+            try:
+                self._call("RollbackTransaction", None, None, transactionId=transaction_id)
+            except Exception as error:  # noqa: BLE001 - the original error matters more
+                # A failed statement has already ended its transaction; the Data API also rolls
+                # back one left idle for three minutes.
+                if "TransactionNotFoundException" not in str(error):
+                    self.logger.warning("rollback failed", extra={"error": str(error)[:300]})
+            raise
+        self._call("CommitTransaction", None, None, transactionId=transaction_id)
+
     def dispose(self) -> None:
         self._client.close()
 
@@ -231,8 +251,12 @@ class DataApiDatabase:
         with self._calls_lock:
             self._calls.clear()
 
-    def _call(self, operation: str, sql: str, params: Any, **request: Any) -> dict[str, Any]:
-        request.update(resourceArn=self.resource_arn, secretArn=self.secret_arn, database=self.database, sql=sql)
+    def _call(self, operation: str, sql: str | None, params: Any, **request: Any) -> dict[str, Any]:
+        request.update(resourceArn=self.resource_arn, secretArn=self.secret_arn)
+        if operation not in ("CommitTransaction", "RollbackTransaction"):
+            request["database"] = self.database
+        if sql is not None:
+            request["sql"] = sql
         method = getattr(self._client, _snake_case(operation))
         started = self._clock()
         budget = _remaining_thread_budget()
@@ -267,6 +291,40 @@ class DataApiDatabase:
                 "operation": operation, "attempt": attempt, "delay_seconds": round(delay, 3), "reason": reason[:300],
             })
             self._sleep(delay)
+
+
+class DataApiTransaction:
+    """Statements inside one Data API transaction (see DataApiDatabase.transaction)."""
+
+    def __init__(self, database: DataApiDatabase, transaction_id: str):
+        self._database = database
+        self.transaction_id = transaction_id
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> int:
+        response = self._database._call("ExecuteStatement", sql, params, parameters=_parameters(params or {}),
+                                        transactionId=self.transaction_id)
+        return response.get("numberOfRecordsUpdated", 0)
+
+    def execute_batch(self, sql: str, param_sets: list[dict[str, Any]]) -> None:
+        self._database._call("BatchExecuteStatement", sql, param_sets,
+                             parameterSets=[_parameters(one) for one in param_sets],
+                             transactionId=self.transaction_id)
+
+    def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        """The statement's rows as tuples of plain values (numeric and timestamps come back as text)."""
+        response = self._database._call("ExecuteStatement", sql, params, parameters=_parameters(params or {}),
+                                        transactionId=self.transaction_id)
+        return [tuple(_value(field) for field in record) for record in response.get("records", [])]
+
+
+def _value(field: dict[str, Any]) -> Any:
+    [(kind, value)] = field.items()
+    if kind == "isNull":
+        return None
+    if kind == "arrayValue":
+        [(_, items)] = value.items()
+        return [_value(item) if isinstance(item, dict) else item for item in items]
+    return value
 
 
 def _remaining_thread_budget() -> float | None:

@@ -1,10 +1,10 @@
 """The set-based reconciliation engine: COPY a report into a staging table, classify with joins, apply.
 
-One run is one PostgreSQL transaction on one direct (psycopg) connection:
+One run is one PostgreSQL transaction:
 
 1. take the run's advisory lock (one executor per run) and then the global one
    (runs are serialised: each reads the payment statuses the previous one wrote);
-2. COPY the report's records into a temporary staging table, one COPY per chunk;
+2. load the report's records into a temporary staging table, chunk by chunk;
 3. match settlement rows to orders, classify, and total per currency, all in SQL;
 4. insert the discrepancies, save the orders' payment status, mark the run COMPLETED;
 5. COMMIT.
@@ -12,20 +12,23 @@ One run is one PostgreSQL transaction on one direct (psycopg) connection:
 A crash or an error anywhere before 5 rolls everything back, and the temporary tables
 and transaction-level locks vanish with the session: the run can simply be executed again.
 Progress goes out through a callback, which the service writes on another connection.
+
+The engine speaks to PostgreSQL through a `RunSession` (conveyor.reconciliation.sessions):
+a direct psycopg connection, which loads with COPY, or an RDS Data API transaction, which
+loads with batched INSERTs, for when no direct connection is available.
 """
 from __future__ import annotations
 
 import json
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
-from typing import TextIO
+from typing import Any, Protocol, TextIO
 
-import psycopg
-
-from conveyor.reconciliation.formats import STAGING_COLUMNS, SettlementReader, SettlementReportError
+from conveyor.reconciliation.formats import SettlementReader, SettlementReportError
 
 # The categories every run reports, in this order, under exactly these names.
 CATEGORIES = (
@@ -34,7 +37,7 @@ CATEGORIES = (
 )
 # Per currency, in minor units.
 TOTAL_FIELDS = ("gross", "fees", "net", "payouts")
-CHUNK_ROWS = 100_000
+STOP_CHECK_ROWS = 10_000  # how often loading looks for a stop request
 # pg_advisory_xact_lock(class, key): 'CNVR' as an int4 namespaces Conveyor's locks.
 LOCK_CLASS = 0x434E5652
 ALL_RUNS_LOCK_KEY = 0
@@ -43,6 +46,27 @@ RUN_LOCK_CLASS = LOCK_CLASS + 1
 
 class RunInterrupted(RuntimeError):
     """The run was asked to stop (e.g. the service is shutting down); nothing was applied."""
+
+
+class ValueRefused(ValueError):
+    """PostgreSQL refused a value of the report while loading it; the message says which and where."""
+
+
+class RunSession(Protocol):
+    """One database session executing a run. Statements use %(name)s parameters of str, int or None."""
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """The run's one transaction: committed when the block ends, rolled back if it raises."""
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> None: ...
+
+    def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]: ...
+
+    def load_staging(self, records: Iterator[tuple], on_chunk: Callable[[int], None]) -> int:
+        """Insert records (STAGING_COLUMNS tuples) into settlement_staging; returns how many.
+
+        Calls `on_chunk` with the running total after each chunk; raises ValueRefused
+        when PostgreSQL refuses a value."""
 
 
 @dataclass
@@ -76,8 +100,6 @@ CREATE TEMPORARY TABLE settlement_staging (
     transaction_id text
 ) ON COMMIT DROP
 """
-
-COPY_STAGING = f"COPY settlement_staging ({', '.join(STAGING_COLUMNS)}) FROM STDIN"
 
 # Payments and their returns, each with the order it settles: by the primary reference
 # (Stripe PaymentIntent, Adyen PSP reference), else by the fallback (charge id, merchant reference).
@@ -134,7 +156,7 @@ WITH settled AS (
     LEFT JOIN order_payment_status earlier ON earlier.order_id = o.id
     WHERE o.payment_provider = %(provider)s AND o.payment_reference IS NOT NULL
       AND (s.order_id IS NOT NULL
-           OR (o.status = 'CONFIRMED' AND o.created_at <= %(cutoff)s
+           OR (o.status = 'CONFIRMED' AND o.created_at <= CAST(%(cutoff)s AS timestamptz)
                -- an order settled by an earlier run is not missing from this one
                AND (earlier.payment_status IS NULL OR earlier.payment_status = 'missing_in_report')))
 )
@@ -156,7 +178,7 @@ SAVE_DISCREPANCIES = """
 INSERT INTO reconciliation_discrepancies (
     run_id, category, order_id, order_status, payment_reference, expected_currency, expected_amount,
     settled_currency, settled_amount, settlement_rows, report_lines)
-SELECT %(run_id)s, o.category, o.order_id, o.order_status, o.payment_reference, o.expected_currency,
+SELECT CAST(%(run_id)s AS uuid), o.category, o.order_id, o.order_status, o.payment_reference, o.expected_currency,
        o.expected_amount, o.settled_currency, o.settled_amount, o.settlement_rows,
        COALESCE(o.report_lines, lines.report_lines, '{}')
 FROM reconciliation_outcomes o
@@ -174,14 +196,14 @@ WHERE o.category <> 'matched'
 # insertion cost a third more on a million rows).
 UPDATE_PAYMENT_STATUS = """
 UPDATE order_payment_status current
-SET payment_status = o.category, reconciliation_id = %(run_id)s, reconciled_at = now()
+SET payment_status = o.category, reconciliation_id = CAST(%(run_id)s AS uuid), reconciled_at = now()
 FROM reconciliation_outcomes o
 WHERE o.order_id = current.order_id AND current.payment_status <> o.category
 """
 
 INSERT_PAYMENT_STATUS = """
 INSERT INTO order_payment_status (order_id, payment_status, reconciliation_id)
-SELECT o.order_id, o.category, %(run_id)s
+SELECT o.order_id, o.category, CAST(%(run_id)s AS uuid)
 FROM reconciliation_outcomes o
 WHERE o.order_id IS NOT NULL
   AND NOT EXISTS (SELECT FROM order_payment_status earlier WHERE earlier.order_id = o.order_id)
@@ -203,10 +225,20 @@ GROUP BY currency, net_currency
 
 COMPLETE_RUN = """
 UPDATE reconciliation_runs
-SET status = 'COMPLETED', counts = %(counts)s::jsonb, totals = %(totals)s::jsonb, cutoff = %(cutoff)s,
-    rows_loaded = %(rows_loaded)s, rows_classified = %(rows_classified)s, error = NULL,
-    finished_at = now(), updated_at = now()
-WHERE id = %(run_id)s
+SET status = 'COMPLETED', counts = CAST(%(counts)s AS jsonb), totals = CAST(%(totals)s AS jsonb),
+    cutoff = CAST(%(cutoff)s AS timestamptz), rows_loaded = %(rows_loaded)s, rows_classified = %(rows_classified)s,
+    error = NULL, finished_at = now(), updated_at = now()
+WHERE id = CAST(%(run_id)s AS uuid)
+"""
+
+# The Data API sends integers as bigint; these locks take two integers.
+TRY_RUN_LOCK = "SELECT pg_try_advisory_xact_lock(CAST(%(run_lock_class)s AS integer), hashtext(%(run_id)s))"
+WAIT_FOR_OTHER_RUNS = "SELECT pg_advisory_xact_lock(CAST(%(lock_class)s AS integer), CAST(%(key)s AS integer))"
+RUN_STATUS = "SELECT status FROM reconciliation_runs WHERE id = CAST(%(run_id)s AS uuid)"
+# As ISO 8601 text: both kinds of session return it alike.
+LATEST_ROW_TIME = """
+SELECT to_char(COALESCE(max(created_at), now()) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
+FROM settlement_staging
 """
 
 
@@ -219,7 +251,7 @@ class RunPlan:
 
 
 def reconcile(
-    connection: psycopg.Connection,
+    session: RunSession,
     plan: RunPlan,
     report: TextIO,
     on_progress: Callable[[Progress], None] = lambda _: None,
@@ -227,77 +259,70 @@ def reconcile(
 ) -> RunResult | None:
     """Execute one run in one transaction; None if another session is already executing it."""
     stop = stop or threading.Event()
-    with connection.transaction(), connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))", (RUN_LOCK_CLASS, plan.run_id))
-        if not cursor.fetchone()[0]:
+    with session.transaction():
+        [(locked,)] = session.rows(TRY_RUN_LOCK, {"run_lock_class": RUN_LOCK_CLASS, "run_id": plan.run_id})
+        if not locked:
             return None
-        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, ALL_RUNS_LOCK_KEY))
-        cursor.execute("SELECT status FROM reconciliation_runs WHERE id = %s", (plan.run_id,))
-        if cursor.fetchone()[0] == "COMPLETED":  # finished by another session while we waited
+        session.execute(WAIT_FOR_OTHER_RUNS, {"lock_class": LOCK_CLASS, "key": ALL_RUNS_LOCK_KEY})
+        [(status,)] = session.rows(RUN_STATUS, {"run_id": plan.run_id})
+        if status == "COMPLETED":  # finished by another session while we waited
             return None
         # Room for the joins' hash tables: a million rows would otherwise spill to disk in batches.
-        cursor.execute("SET LOCAL work_mem = '256MB'")
+        session.execute("SET LOCAL work_mem = '256MB'")
         # Compiling each statement took longer than it saved (up to 175 ms a statement, measured).
-        cursor.execute("SET LOCAL jit = off")
+        session.execute("SET LOCAL jit = off")
         reader = SettlementReader(report, plan.format, plan.column_map)
-        cursor.execute(CREATE_STAGING)
+        session.execute(CREATE_STAGING)
         on_progress(Progress("LOADING"))
-        rows_loaded = _load(cursor, reader.records(), stop, lambda loaded: on_progress(Progress("LOADING", loaded)))
+        try:
+            rows_loaded = session.load_staging(
+                _stopping_at(stop, reader.records()), lambda loaded: on_progress(Progress("LOADING", loaded)))
+        except ValueRefused as exc:
+            raise SettlementReportError(
+                f"PostgreSQL refused a value in the report: {exc}. Fix that row and run the reconciliation again."
+            ) from None
         reader.raise_if_malformed()
-        cursor.execute("ANALYZE settlement_staging")
+        on_progress(Progress("CLASSIFYING", rows_loaded=rows_loaded))
+        session.execute("ANALYZE settlement_staging")
 
         cutoff = plan.requested_cutoff
         if cutoff is None:
-            cursor.execute("SELECT COALESCE(max(created_at), now()) FROM settlement_staging")
-            cutoff = cursor.fetchone()[0]
+            [(latest,)] = session.rows(LATEST_ROW_TIME)
+            cutoff = datetime.fromisoformat(latest)
         provider = reader.provider
-        cursor.execute(MATCH_ORDERS, {"provider": provider})
-        cursor.execute("ANALYZE settlement_matches")
+        session.execute(MATCH_ORDERS, {"provider": provider})
+        session.execute("ANALYZE settlement_matches")
         # Grouping a million matches by order: sorting took a third of the time of hashing, whose
         # per-group sum and min/max states the planner underestimates (1.9 s and 420 MB vs 0.7 s).
-        cursor.execute("SET LOCAL enable_hashagg = off")
-        cursor.execute(CLASSIFY, {"provider": provider, "cutoff": cutoff})
-        cursor.execute("SET LOCAL enable_hashagg TO DEFAULT")
+        session.execute("SET LOCAL enable_hashagg = off")
+        session.execute(CLASSIFY, {"provider": provider, "cutoff": cutoff.isoformat()})
+        session.execute("SET LOCAL enable_hashagg TO DEFAULT")
         counts = dict.fromkeys(CATEGORIES, 0)
-        counts.update(cursor.execute(COUNT_OUTCOMES).fetchall())
+        counts.update((category, int(count)) for category, count in session.rows(COUNT_OUTCOMES))
         on_progress(Progress("CLASSIFYING", rows_loaded=rows_loaded, rows_classified=rows_loaded))
         if stop.is_set():
             raise RunInterrupted("the run was stopped before it finished; nothing was applied")
 
-        totals = _totals(cursor.execute(TOTALS).fetchall())
-        cursor.execute(SAVE_DISCREPANCIES, {"run_id": plan.run_id})
-        cursor.execute(UPDATE_PAYMENT_STATUS, {"run_id": plan.run_id})
-        cursor.execute(INSERT_PAYMENT_STATUS, {"run_id": plan.run_id})
+        totals = _totals(session.rows(TOTALS))
+        session.execute(SAVE_DISCREPANCIES, {"run_id": plan.run_id})
+        session.execute(UPDATE_PAYMENT_STATUS, {"run_id": plan.run_id})
+        session.execute(INSERT_PAYMENT_STATUS, {"run_id": plan.run_id})
         result = RunResult(counts=counts, totals=totals, cutoff=cutoff,
                            rows_loaded=rows_loaded, rows_classified=rows_loaded)
-        cursor.execute(COMPLETE_RUN, {
+        session.execute(COMPLETE_RUN, {
             "run_id": plan.run_id, "counts": json.dumps(counts), "totals": json.dumps(totals),
-            "cutoff": cutoff, "rows_loaded": rows_loaded, "rows_classified": rows_loaded,
+            "cutoff": cutoff.isoformat(), "rows_loaded": rows_loaded, "rows_classified": rows_loaded,
         })
     on_progress(Progress("COMPLETED", rows_loaded=rows_loaded, rows_classified=rows_loaded))
     return result
 
 
-def _load(cursor: psycopg.Cursor, records: Iterator[tuple], stop: threading.Event,
-          on_chunk: Callable[[int], None]) -> int:
-    """COPY records into the staging table, CHUNK_ROWS per COPY; returns the rows loaded."""
-    rows_loaded = 0
-    while True:
+def _stopping_at(stop: threading.Event, records: Iterator[tuple]) -> Iterator[tuple]:
+    """The records, until the run is asked to stop."""
+    while chunk := list(islice(records, STOP_CHECK_ROWS)):
         if stop.is_set():
             raise RunInterrupted("the run was stopped before it finished; nothing was applied")
-        try:
-            with cursor.copy(COPY_STAGING) as copy:
-                for record in islice(records, CHUNK_ROWS):
-                    copy.write_row(record)
-        except psycopg.errors.DataError as exc:
-            raise SettlementReportError(
-                f"PostgreSQL refused a value in the report: {exc.diag.message_primary}"
-                f" ({exc.diag.context or 'no context'}). Fix that row and run the reconciliation again."
-            ) from None
-        if cursor.rowcount <= 0:
-            return rows_loaded
-        rows_loaded += cursor.rowcount
-        on_chunk(rows_loaded)
+        yield from chunk
 
 
 def _totals(rows: list[tuple]) -> dict[str, dict[str, int]]:

@@ -102,7 +102,8 @@ def detect_format(header: list[str]) -> str:
         "cannot tell the report's format from its header "
         f"({', '.join(header[:8])}{', …' if len(header) > 8 else ''}). Expected a Stripe itemized"
         " balance change export, an Adyen Settlement details report, or a generic CSV with columns"
-        " reference,currency,amount; or pass the format explicitly (--format, or \"format\" in the API)."
+        " reference,currency,amount; or pass the format explicitly (--format, or \"format\" in the API),"
+        " or map a generic report's columns (--map reference=COLUMN, or \"columns\" in the API)."
     )
 
 
@@ -146,7 +147,9 @@ class _Columns:
         if missing:
             raise SettlementReportError(
                 f"the {report} report has no column(s) {', '.join(missing)}."
-                " Export it again with these columns included."
+                " Export it again with these columns included"
+                + (", or map its own columns (--map FIELD=COLUMN, or \"columns\" in the API)." if report == "generic"
+                   else ".")
             )
 
     def reader(self, *names: str) -> Callable[[list[str]], tuple[str, ...]]:
