@@ -10,7 +10,8 @@ For each size (the small one, then --rows), in a fresh database of its own:
   duplicates, charges for rejected orders, unknown charges, refunds without order, orders
   missing from the report), plus fee and payout rows;
 - engine: `ReconciliationService.submit` + `execute`, the real code path, in a child
-  process of its own, so its peak RSS (getrusage) is the reconciliation's alone;
+  process of its own, so its peak RSS (getrusage) is the reconciliation's alone; the
+  processes reading a large report in parallel each count at the largest one's peak;
 - floor: PostgreSQL's own COPY of the same file (FORMAT csv, into text columns) plus
   one FULL OUTER JOIN classifying report rows against orders, over one connection;
   the median of three rounds.
@@ -89,8 +90,14 @@ def write_orders(connection: psycopg.Connection, count: int) -> None:
             copy.write_row((uuid.UUID(int=i + 1), client_id, order_status(i), order_currency(i), amount, "stripe",
                             f"pi_{i:08d}", amount, "2026-10-01 00:00:00+00"))
     # As a long-lived table would be: whichever side read the fresh rows first would
-    # otherwise also pay for setting their hint bits.
+    # otherwise also pay for setting their hint bits, and for the checkpoint that writing
+    # a million orders brings on (measured: 1-2 s landing inside the engine's run).
     connection.execute("VACUUM ANALYZE orders")
+    try:
+        connection.execute("CHECKPOINT")
+    except psycopg.errors.InsufficientPrivilege:
+        console.print("[yellow]CHECKPOINT needs superuser or pg_checkpoint: a checkpoint may land in a"
+                      " measurement[/yellow]")
 
 
 def write_report(path: Path, rows: int) -> tuple[int, Counter]:
@@ -194,6 +201,7 @@ def run_engine(url: str, report: Path) -> dict:
 
 def engine_child(url: str, report_path: str) -> None:
     from conveyor.adapters.database import Database, create_engine_for
+    from conveyor.reconciliation.loading import readers_for
     from conveyor.reconciliation.service import ReconciliationService, direct_connection
     from conveyor.reconciliation.sources import open_source
 
@@ -204,8 +212,13 @@ def engine_child(url: str, report_path: str) -> None:
     run = service.submit(report)
     run = service.execute(run["id"], report)
     elapsed = time.perf_counter() - started
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
-    print(json.dumps({"seconds": elapsed, "peak_rss_mb": peak_kb / 1024, "status": run["status"],
+    # Kilobytes on Linux. Report readers run beside the engine's process: count each at the
+    # largest one's peak (an upper bound on what they held at once).
+    readers = readers_for(Path(report_path).stat().st_size)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if readers > 1:
+        peak_kb += readers * resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"seconds": elapsed, "peak_rss_mb": peak_kb / 1024, "readers": readers, "status": run["status"],
                       "error": run["error"], "counts": run["counts"], "rows_loaded": run["rows_loaded"]}))
 
 
@@ -225,7 +238,8 @@ def measure(server: str, rows: int, workdir: Path) -> dict:
         floor_seconds = floors[len(floors) // 2]
         console.print(f"[{rows:,}] floor {floor_seconds:.2f} s (median of {', '.join(f'{f:.2f}' for f in floors)}); engine…")
         engine = run_engine(url, report)
-        console.print(f"[{rows:,}] engine {engine['seconds']:.2f} s, peak RSS {engine['peak_rss_mb']:.0f} MB")
+        console.print(f"[{rows:,}] engine {engine['seconds']:.2f} s, peak RSS {engine['peak_rss_mb']:.0f} MB"
+                      f" ({engine['readers']} report reader(s))")
         counts_ok = engine["status"] == "COMPLETED" and all(
             engine["counts"][category] == expected.get(category, 0) for category in engine["counts"])
         if not counts_ok:

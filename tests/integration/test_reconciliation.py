@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from conveyor.adapters.database import Database, sqlstate_of
 from conveyor.dataapi.client import DataApiDatabase
 from conveyor.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
-from conveyor.reconciliation import engine, sessions
+from conveyor.reconciliation import engine, loading, sessions
 from conveyor.reconciliation.engine import CATEGORIES
 from conveyor.reconciliation.formats import SettlementReportError
 from conveyor.reconciliation.service import ReconciliationService, direct_connection
@@ -393,3 +393,24 @@ def test_a_run_already_executing_elsewhere_is_not_executed_twice(service, orders
         executor.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (engine.RUN_LOCK_CLASS, run["id"]))
         unchanged = service.execute(run["id"], open_source(str(report)))
     assert unchanged["status"] == "QUEUED" and unchanged["attempts"] == 0
+
+
+def test_a_report_read_by_several_processes_reconciles_as_one_read_in_one(direct_service, orders, tmp_path,
+                                                                         monkeypatch):
+    for n in range(300):
+        orders.add(f"pi_many_{n}", 1000 + n)
+    lines = [STRIPE_HEADER] + [
+        stripe_row(f"txn_{n}", "charge", "usd", f"{10 + n // 100}.{n % 100:02d}", payment_intent=f"pi_many_{n}")
+        for n in range(0, 300, 2)
+    ] + [stripe_row("txn_x", "charge", "usd", "1.00", payment_intent="pi_nobody")]
+    one = write(tmp_path / "one.csv", lines)
+    several = write(tmp_path / "several.csv", lines + [""])  # other bytes, so another run
+
+    first = reconcile(direct_service, one)
+    monkeypatch.setattr(loading, "readers_for", lambda size: 3)
+    second = reconcile(direct_service, several)
+
+    assert first["status"] == second["status"] == "COMPLETED"
+    assert first["counts"] == second["counts"]
+    assert first["counts"]["matched"] == 150 and first["counts"]["unknown_payment"] == 1
+    assert first["totals"] == second["totals"] and first["rows_loaded"] == second["rows_loaded"] == 151

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import islice
-from typing import Any, Protocol, TextIO
+from pathlib import Path
+from typing import Any, Protocol
 
 from conveyor.reconciliation.formats import SettlementReader, SettlementReportError
+from conveyor.reconciliation.loading import ReportRows, RunStopped
 
 # The categories every run reports, in this order, under exactly these names.
 CATEGORIES = (
@@ -37,7 +38,6 @@ CATEGORIES = (
 )
 # Per currency, in minor units.
 TOTAL_FIELDS = ("gross", "fees", "net", "payouts")
-STOP_CHECK_ROWS = 10_000  # how often loading looks for a stop request
 # pg_advisory_xact_lock(class, key): 'CNVR' as an int4 namespaces Conveyor's locks.
 LOCK_CLASS = 0x434E5652
 ALL_RUNS_LOCK_KEY = 0
@@ -62,11 +62,11 @@ class RunSession(Protocol):
 
     def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]: ...
 
-    def load_staging(self, records: Iterator[tuple], on_chunk: Callable[[int], None]) -> int:
-        """Insert records (STAGING_COLUMNS tuples) into settlement_staging; returns how many.
+    def load_staging(self, rows: ReportRows, on_chunk: Callable[[int], None]) -> int:
+        """Insert the report's rows into settlement_staging; returns how many.
 
-        Calls `on_chunk` with the running total after each chunk; raises ValueRefused
-        when PostgreSQL refuses a value."""
+        Calls `on_chunk` with the running total as it goes; raises ValueRefused when
+        PostgreSQL refuses a value, and what reading raises (a malformed report, RunStopped)."""
 
 
 @dataclass
@@ -101,31 +101,38 @@ CREATE TEMPORARY TABLE settlement_staging (
 ) ON COMMIT DROP
 """
 
-# Payments and their returns, each with the order it settles: by the primary reference
-# (Stripe PaymentIntent, Adyen PSP reference), else by the fallback (charge id, merchant reference).
-# The fallback is a lookup per row the primary reference left unmatched, usually a few: as a
-# second join it would hash every order of the provider once more.
+# Payments and their returns, each with the order it settles, by the primary reference
+# (Stripe PaymentIntent, Adyen PSP reference), and what classifying needs of that order.
 MATCH_ORDERS = """
 CREATE TEMPORARY TABLE settlement_matches ON COMMIT DROP AS
-SELECT s.line_no, s.record_type, COALESCE(s.reference, s.alt_reference) AS reference, s.currency, s.gross,
-       COALESCE(by_reference.id, (
-           SELECT by_alt_reference.id FROM orders by_alt_reference
-           WHERE by_alt_reference.payment_provider = %(provider)s
-             AND by_alt_reference.payment_reference = s.alt_reference
-           ORDER BY by_alt_reference.id
-           LIMIT 1
-       )) AS order_id
+SELECT s.line_no, s.record_type, COALESCE(s.reference, s.alt_reference) AS reference, s.alt_reference,
+       s.currency, s.gross, o.id AS order_id, o.status AS order_status, o.payment_reference AS order_reference,
+       o.currency AS order_currency, COALESCE(o.payment_amount, o.total_amount) AS expected_amount
 FROM settlement_staging s
-LEFT JOIN orders by_reference
-       ON by_reference.payment_provider = %(provider)s AND by_reference.payment_reference = s.reference
+LEFT JOIN orders o ON o.payment_provider = %(provider)s AND o.payment_reference = s.reference
 WHERE s.record_type IN ('payment', 'refund', 'chargeback', 'chargeback_reversal')
 """
 
+# Rows the primary reference left unmatched, usually few, try the fallback (charge id,
+# merchant reference) one lookup each: a second join would hash every order once more.
+MATCH_ORDERS_BY_ALT_REFERENCE = """
+UPDATE settlement_matches m
+SET (order_id, order_status, order_reference, order_currency, expected_amount) = (
+    SELECT o.id, o.status, o.payment_reference, o.currency, COALESCE(o.payment_amount, o.total_amount)
+    FROM orders o
+    WHERE o.payment_provider = %(provider)s AND o.payment_reference = m.alt_reference
+    ORDER BY o.id
+    LIMIT 1)
+WHERE m.order_id IS NULL AND m.alt_reference IS NOT NULL
+"""
+
 # One outcome per payment. The category rules are documented in conveyor.reconciliation.
+# Settled orders are judged from their matches alone; only those the report does not
+# settle are looked for among the orders.
 CLASSIFY = """
 CREATE TEMPORARY TABLE reconciliation_outcomes ON COMMIT DROP AS
 WITH settled AS (
-    SELECT order_id,
+    SELECT order_id, order_status, order_reference, order_currency, expected_amount,
            count(*) FILTER (WHERE record_type = 'payment') AS payments,
            min(currency) FILTER (WHERE record_type = 'payment') AS currency,
            max(currency) FILTER (WHERE record_type = 'payment') AS other_currency,
@@ -134,36 +141,33 @@ WITH settled AS (
            count(*) AS settlement_rows
     FROM settlement_matches
     WHERE order_id IS NOT NULL
-    GROUP BY order_id
-), judged AS (
-    SELECT CASE
-               WHEN s.order_id IS NULL THEN 'missing_in_report'
-               WHEN s.payments = 0 THEN NULL  -- only returns: the payment settled in another report
-               WHEN o.status IN ('REJECTED', 'CANCELLED') THEN
-                   CASE WHEN s.kept > 0 THEN 'refund_due' ELSE 'matched' END
-               WHEN s.payments > 1 THEN 'duplicate_settlement'
-               WHEN s.currency <> o.currency OR s.other_currency <> s.currency THEN 'currency_mismatch'
-               WHEN s.paid <> COALESCE(o.payment_amount, o.total_amount) THEN 'amount_mismatch'
-               ELSE 'matched'
-           END AS category,
-           o.id AS order_id, o.status AS order_status, o.payment_reference,
-           o.currency AS expected_currency, COALESCE(o.payment_amount, o.total_amount) AS expected_amount,
-           s.currency AS settled_currency,
-           CASE WHEN o.status IN ('REJECTED', 'CANCELLED') THEN s.kept ELSE s.paid END AS settled_amount,
-           COALESCE(s.settlement_rows, 0) AS settlement_rows
-    FROM orders o
-    LEFT JOIN settled s ON s.order_id = o.id
-    LEFT JOIN order_payment_status earlier ON earlier.order_id = o.id
-    WHERE o.payment_provider = %(provider)s AND o.payment_reference IS NOT NULL
-      AND (s.order_id IS NOT NULL
-           OR (o.status = 'CONFIRMED' AND o.created_at <= CAST(%(cutoff)s AS timestamptz)
-               -- an order settled by an earlier run is not missing from this one
-               AND (earlier.payment_status IS NULL OR earlier.payment_status = 'missing_in_report')))
+    -- the order's columns depend on order_id: grouping by them too carries them along
+    GROUP BY order_id, order_status, order_reference, order_currency, expected_amount
 )
-SELECT category, order_id, order_status, payment_reference, expected_currency, expected_amount,
-       settled_currency, settled_amount, settlement_rows, NULL::bigint[] AS report_lines
-FROM judged
-WHERE category IS NOT NULL
+SELECT CASE
+           WHEN order_status IN ('REJECTED', 'CANCELLED') THEN
+               CASE WHEN kept > 0 THEN 'refund_due' ELSE 'matched' END
+           WHEN payments > 1 THEN 'duplicate_settlement'
+           WHEN currency <> order_currency OR other_currency <> currency THEN 'currency_mismatch'
+           WHEN paid <> expected_amount THEN 'amount_mismatch'
+           ELSE 'matched'
+       END AS category,
+       order_id, order_status, order_reference AS payment_reference, order_currency AS expected_currency,
+       expected_amount, currency AS settled_currency,
+       CASE WHEN order_status IN ('REJECTED', 'CANCELLED') THEN kept ELSE paid END AS settled_amount,
+       settlement_rows, NULL::bigint[] AS report_lines
+FROM settled
+WHERE payments > 0  -- only returns: the payment settled in another report
+UNION ALL
+SELECT 'missing_in_report', o.id, o.status, o.payment_reference, o.currency,
+       COALESCE(o.payment_amount, o.total_amount), NULL, NULL, 0, NULL
+FROM orders o
+WHERE o.payment_provider = %(provider)s AND o.payment_reference IS NOT NULL
+  AND o.status = 'CONFIRMED' AND o.created_at <= CAST(%(cutoff)s AS timestamptz)
+  AND NOT EXISTS (SELECT FROM settlement_matches m WHERE m.order_id = o.id)
+  -- an order settled by an earlier run is not missing from this one
+  AND NOT EXISTS (SELECT FROM order_payment_status earlier
+                  WHERE earlier.order_id = o.id AND earlier.payment_status <> 'missing_in_report')
 UNION ALL
 SELECT CASE WHEN record_type = 'payment' THEN 'unknown_payment' ELSE 'refund_without_order' END,
        NULL, NULL, reference, NULL, NULL, min(currency), sum(gross), count(*), array_agg(line_no ORDER BY line_no)
@@ -253,7 +257,7 @@ class RunPlan:
 def reconcile(
     session: RunSession,
     plan: RunPlan,
-    report: TextIO,
+    report: Path,
     on_progress: Callable[[Progress], None] = lambda _: None,
     stop: threading.Event | None = None,
 ) -> RunResult | None:
@@ -271,17 +275,18 @@ def reconcile(
         session.execute("SET LOCAL work_mem = '256MB'")
         # Compiling each statement took longer than it saved (up to 175 ms a statement, measured).
         session.execute("SET LOCAL jit = off")
-        reader = SettlementReader(report, plan.format, plan.column_map)
         session.execute(CREATE_STAGING)
         on_progress(Progress("LOADING"))
-        try:
-            rows_loaded = session.load_staging(
-                _stopping_at(stop, reader.records()), lambda loaded: on_progress(Progress("LOADING", loaded)))
-        except ValueRefused as exc:
-            raise SettlementReportError(
-                f"PostgreSQL refused a value in the report: {exc}. Fix that row and run the reconciliation again."
-            ) from None
-        reader.raise_if_malformed()
+        with report.open(encoding="utf-8-sig", newline="") as text:
+            rows = ReportRows(report, SettlementReader(text, plan.format, plan.column_map), stop)
+            try:
+                rows_loaded = session.load_staging(rows, lambda loaded: on_progress(Progress("LOADING", loaded)))
+            except ValueRefused as exc:
+                raise SettlementReportError(
+                    f"PostgreSQL refused a value in the report: {exc}. Fix that row and run the reconciliation again."
+                ) from None
+            except RunStopped:
+                raise RunInterrupted("the run was stopped before it finished; nothing was applied") from None
         on_progress(Progress("CLASSIFYING", rows_loaded=rows_loaded))
         session.execute("ANALYZE settlement_staging")
 
@@ -289,8 +294,9 @@ def reconcile(
         if cutoff is None:
             [(latest,)] = session.rows(LATEST_ROW_TIME)
             cutoff = datetime.fromisoformat(latest)
-        provider = reader.provider
+        provider = rows.reader.provider
         session.execute(MATCH_ORDERS, {"provider": provider})
+        session.execute(MATCH_ORDERS_BY_ALT_REFERENCE, {"provider": provider})
         session.execute("ANALYZE settlement_matches")
         # Grouping a million matches by order: sorting took a third of the time of hashing, whose
         # per-group sum and min/max states the planner underestimates (1.9 s and 420 MB vs 0.7 s).
@@ -315,14 +321,6 @@ def reconcile(
         })
     on_progress(Progress("COMPLETED", rows_loaded=rows_loaded, rows_classified=rows_loaded))
     return result
-
-
-def _stopping_at(stop: threading.Event, records: Iterator[tuple]) -> Iterator[tuple]:
-    """The records, until the run is asked to stop."""
-    while chunk := list(islice(records, STOP_CHECK_ROWS)):
-        if stop.is_set():
-            raise RunInterrupted("the run was stopped before it finished; nothing was applied")
-        yield from chunk
 
 
 def _totals(rows: list[tuple]) -> dict[str, dict[str, int]]:

@@ -319,11 +319,16 @@ _ROW_PARSERS = {"stripe": _StripeRows, "adyen": _AdyenRows}
 class SettlementReader:
     """Streams one report's rows as settlement records; holds one row in memory at a time."""
 
-    def __init__(self, text: TextIO, format: str | None = None, column_map: Mapping[str, str] | None = None):
-        """`column_map` reads a generic report's fields from other columns: {"reference": "Order Ref"}."""
+    def __init__(self, text: TextIO, format: str | None = None, column_map: Mapping[str, str] | None = None,
+                 *, header: list[str] | None = None, lines_before: int = 0):
+        """`column_map` reads a generic report's fields from other columns: {"reference": "Order Ref"}.
+
+        With `header`, `text` is a part of a report without its header, after `lines_before` lines.
+        """
         self._rows = csv.reader(text, strict=True)
+        self._lines_before = lines_before
         try:
-            self.header = next(self._rows)
+            self.header = header if header is not None else next(self._rows)
         except StopIteration:
             raise SettlementReportError("the report is empty: it has no header line") from None
         except csv.Error as exc:
@@ -350,25 +355,26 @@ class SettlementReader:
         """
         record = self._parser.record
         rows = self._rows
+        lines_before = self._lines_before
         while True:
             try:
                 fields = next(rows)
             except StopIteration:
                 return
             except csv.Error as exc:
-                self._malformed(rows.line_num, f"not valid CSV ({exc})")
+                self._malformed(lines_before + rows.line_num, f"not valid CSV ({exc})")
                 continue
             except UnicodeDecodeError:
                 raise SettlementReportError(
-                    f"after line {rows.line_num} the report is not UTF-8 text. Export or save it as UTF-8"
-                    " (CSV UTF-8) and run the reconciliation again."
+                    f"after line {lines_before + rows.line_num} the report is not UTF-8 text. Export or save it"
+                    " as UTF-8 (CSV UTF-8) and run the reconciliation again."
                 ) from None
             if not fields or (len(fields) == 1 and not fields[0].strip()):
                 continue
             try:
-                yield record(fields, rows.line_num)
+                yield record(fields, lines_before + rows.line_num)
             except MalformedRow as exc:
-                self._malformed(rows.line_num, str(exc))
+                self._malformed(lines_before + rows.line_num, str(exc))
 
     def _malformed(self, line_no: int, message: str) -> None:
         self.errors.append(f"line {line_no}: {message}")
@@ -377,9 +383,27 @@ class SettlementReader:
 
     def raise_if_malformed(self) -> None:
         if self.errors:
-            shown = "\n".join(self.errors[:MAX_REPORTED_ERRORS])
-            more = "\n(and possibly more; the report was not read further)" if len(self.errors) >= MAX_REPORTED_ERRORS else ""
-            raise SettlementReportError(
-                f"the report has malformed rows, so nothing was reconciled:\n{shown}{more}\n"
-                "Fix or remove these rows and run the reconciliation again."
-            )
+            raise malformed_report(self.errors)
+
+
+def malformed_report(errors: list[str]) -> SettlementReportError:
+    """The error refusing a report for its malformed rows ("line N: what"), first lines first."""
+    errors = sorted(errors, key=lambda error: int(error.split(":", 1)[0].removeprefix("line ")))
+    shown = "\n".join(errors[:MAX_REPORTED_ERRORS])
+    more = "\n(and possibly more; the report was not read further)" if len(errors) >= MAX_REPORTED_ERRORS else ""
+    return SettlementReportError(
+        f"the report has malformed rows, so nothing was reconciled:\n{shown}{more}\n"
+        "Fix or remove these rows and run the reconciliation again."
+    )
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_line(record: tuple) -> str:
+    """A record (STAGING_COLUMNS) as one line of COPY's text format."""
+    line = "\t".join(["\\N" if value is None else str(value) for value in record]) + "\n"
+    # Report text rarely holds a tab, a line end or a backslash: escape only then.
+    if line.count("\t") == len(record) - 1 and line.count("\n") == 1 and "\\" not in line and "\r" not in line:
+        return line
+    return "\t".join(["\\N" if value is None else str(value).translate(_COPY_ESCAPES) for value in record]) + "\n"

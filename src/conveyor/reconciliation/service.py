@@ -369,8 +369,8 @@ class ReconciliationService:
             on_progress(progress)
 
         try:
-            with self._run_session() as session, report.open_text() as text:
-                result = reconcile(session, plan, text, record, stop)
+            with self._run_session() as session:
+                result = reconcile(session, plan, report.path, record, stop)
         except SettlementReportError as exc:
             self._fail(run_id, str(exc), log)
         except RunInterrupted:

@@ -1,6 +1,7 @@
 """The two ways a run reaches PostgreSQL (engine.RunSession): a direct connection, or the RDS Data API.
 
-The direct session is the fast one: it loads with COPY. The Data API session is the
+The direct session is the fast one: it loads with COPY, from several reading processes
+for a large report (loading.py). The Data API session is the
 fallback for a service that can reach the cluster only through the Data API: one Data
 API transaction (BeginTransaction … CommitTransaction) holds the run, and records go
 in with BatchExecuteStatement, a chunk per call. It is slower, and each statement must
@@ -21,9 +22,10 @@ from conveyor.adapters.database import sqlstate_of
 from conveyor.dataapi.client import DataApiDatabase, DataApiTransaction
 from conveyor.reconciliation.engine import ValueRefused
 from conveyor.reconciliation.formats import STAGING_COLUMNS
+from conveyor.reconciliation.loading import LINES_PER_BLOCK, ReportRows
 
 COPY_STAGING = f"COPY settlement_staging ({', '.join(STAGING_COLUMNS)}) FROM STDIN"
-COPY_CHUNK_ROWS = 100_000  # records per COPY, and per progress report
+COPY_CHUNK_ROWS = 100_000  # records per progress report
 # Records per BatchExecuteStatement: well under its request size limit for report rows.
 DATA_API_CHUNK_ROWS = 1_000
 INSERT_STAGING = (
@@ -56,20 +58,22 @@ class DirectRunSession:
     def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
         return self._cursor.execute(sql, params).fetchall()
 
-    def load_staging(self, records: Iterator[tuple], on_chunk: Callable[[int], None]) -> int:
-        """One COPY per COPY_CHUNK_ROWS records."""
-        rows_loaded = 0
-        while True:
-            try:
-                with self._cursor.copy(COPY_STAGING) as copy:
-                    for record in islice(records, COPY_CHUNK_ROWS):
-                        copy.write_row(record)
-            except psycopg.errors.DataError as exc:
-                raise ValueRefused(f"{exc.diag.message_primary} ({exc.diag.context or 'no context'})") from None
-            if self._cursor.rowcount <= 0:
-                return rows_loaded
-            rows_loaded += self._cursor.rowcount
+    def load_staging(self, rows: ReportRows, on_chunk: Callable[[int], None]) -> int:
+        """One COPY; progress every COPY_CHUNK_ROWS records."""
+        rows_loaded = reported = 0
+        try:
+            with self._cursor.copy(COPY_STAGING) as copy:
+                for text, count in rows.copy_text(min(COPY_CHUNK_ROWS, LINES_PER_BLOCK)):
+                    copy.write(text)
+                    rows_loaded += count
+                    if rows_loaded - reported >= COPY_CHUNK_ROWS:
+                        reported = rows_loaded
+                        on_chunk(rows_loaded)
+        except psycopg.errors.DataError as exc:
+            raise ValueRefused(f"{exc.diag.message_primary} ({exc.diag.context or 'no context'})") from None
+        if rows_loaded != reported:
             on_chunk(rows_loaded)
+        return rows_loaded
 
 
 class DataApiRunSession:
@@ -94,9 +98,10 @@ class DataApiRunSession:
     def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
         return self._transaction.rows(_named(sql), params)
 
-    def load_staging(self, records: Iterator[tuple], on_chunk: Callable[[int], None]) -> int:
+    def load_staging(self, rows: ReportRows, on_chunk: Callable[[int], None]) -> int:
         """One BatchExecuteStatement per DATA_API_CHUNK_ROWS records."""
         rows_loaded = 0
+        records = rows.records(DATA_API_CHUNK_ROWS)
         while chunk := [dict(zip(STAGING_COLUMNS, record)) for record in islice(records, DATA_API_CHUNK_ROWS)]:
             try:
                 self._transaction.execute_batch(INSERT_STAGING, chunk)
