@@ -15,6 +15,7 @@ from conveyor.console.app import Services, create_app
 from conveyor.console.settings import DatabaseSettings
 from conveyor.local.database import libpq_url
 from conveyor.reconciliation import engine
+from conveyor.reconciliation.engine import CATEGORIES
 from conveyor.reconciliation.service import ReconciliationService, direct_connection
 from conveyor.reconciliation.sources import open_source, spool
 from support import eventually
@@ -281,3 +282,12 @@ def test_a_drained_service_leaves_its_uploads_for_the_next_start_which_executes_
     finally:
         assert next_start.drain(15) is True
     assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_a_run_shows_its_categories_and_totals_in_the_documented_order(client, tmp_path):
+    location = client.post("/api/reconciliations", headers=AUTH,
+                           data={"report": (io.BytesIO(REPORT), "stripe.csv")}).headers["Location"]
+    run = wait_completed(client, location)
+
+    assert list(run["counts"]) == list(CATEGORIES)
+    assert all(list(amounts) == ["gross", "fees", "net", "payouts"] for amounts in run["totals"].values())

@@ -107,6 +107,7 @@ class Services:
 
 def create_app(services: Services | None = None) -> Flask:
     app = Flask("conveyor.console")
+    app.json.sort_keys = False  # categories and totals in their documented order
     services = services or Services()
     app.extensions["conveyor"] = services
     logger = get_logger("conveyor-console")
