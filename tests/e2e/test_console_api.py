@@ -99,7 +99,8 @@ def test_an_upload_is_reconciled_in_the_background_and_the_same_upload_gives_the
     assert (run["rows_loaded"], run["rows_classified"]) == (2, 2)
     assert run["counts"]["matched"] == 1 and run["counts"]["unknown_payment"] == 1
     assert run["totals"] == {"USD": {"gross": 1750, "fees": 111, "net": 1639, "payouts": 0}}
-    assert list((tmp_path / "spool").iterdir()) == []  # the spooled upload is gone once its run has finished
+    # The spooled upload goes once its run has finished: the job removes it just after the commit.
+    eventually(lambda: list((tmp_path / "spool").iterdir()) == [], what="the spooled upload being removed")
 
     again = client.post("/api/reconciliations", headers=AUTH,
                         data={"report": (io.BytesIO(REPORT), "renamed.csv")}, content_type="multipart/form-data")
