@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -11,11 +12,11 @@ from rich.console import Console
 console = Console(stderr=True, highlight=False)
 
 
-def _database():
+def _database(connections: int = 1):
     from conveyor.adapters.database import Database, create_engine_for
     from conveyor.local.database import resolve_database_url
 
-    return Database(create_engine_for(resolve_database_url(), pool_size=1))
+    return Database(create_engine_for(resolve_database_url(), pool_size=connections))
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -137,28 +138,39 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import ProgrammingError
 
     from conveyor.reconciliation.engine import CATEGORIES
-    from conveyor.reconciliation.service import ReconciliationError, ReconciliationService, direct_connection
+    from conveyor.reconciliation.service import (
+        ReconciliationError, ReconciliationService, RunClaims, direct_connection,
+    )
     from conveyor.reconciliation.sources import open_source
 
     try:
         cutoff = datetime.fromisoformat(args.cutoff) if args.cutoff else None
     except ValueError:
         raise ReconciliationError(f"--cutoff {args.cutoff!r} is not an ISO 8601 time such as 2026-10-31T23:59:59+00:00") from None
-    database = _database()
+    database = _database(connections=3)  # the run's, its claim's, and one for progress
     # Its JSON logs go to stderr: stdout carries only the final JSON line.
     logger = Logger(service="conveyor-reconciliation", level=os.environ.get("LOG_LEVEL", "INFO"),
                     logger_handler=logging.StreamHandler(sys.stderr))
     service = ReconciliationService(database, lambda: direct_connection(database.engine), logger)
+    # Claimed like a console's runs, so that no console's recovery takes this one for an orphan.
+    claims = RunClaims(service.connect)
     report = open_source(args.source)
     try:
         try:
-            run = service.submit(report, args.format, cutoff, _column_map(args.map))
+            run, claimed = service.submit_claimed(report, args.format, cutoff, claims, _column_map(args.map))
         except ProgrammingError as exc:
             if isinstance(exc.orig, psycopg.errors.UndefinedTable):
                 raise ReconciliationError("this database has no reconciliation tables yet: run `conveyor migrate`"
                                           " first") from None
             raise
-        if run["needs_execution"]:
+        if not claimed and run["status"] != "COMPLETED":
+            with console.status(f"run {run['id']} is being executed by another process; waiting for it"):
+                while run["status"] not in ("COMPLETED", "FAILED") and not run["orphaned"]:
+                    time.sleep(1)
+                    run = service.get(run["id"])
+            if run["orphaned"]:
+                raise ReconciliationError(f"the process executing run {run['id']} stopped; run this command again")
+        elif run["needs_execution"]:
             expected_rows = _estimated_rows(report.path)
             with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                           TextColumn("{task.completed:,.0f} rows"), TimeElapsedColumn(),
@@ -177,6 +189,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         else:
             console.print(f"this report was already reconciled by run {run['id']}; showing its result")
     finally:
+        claims.close()
         report.discard()
     if run["status"] != "COMPLETED":
         console.print(f"[red]error:[/red] reconciliation {run['id']} {run['status'].lower()}: {run['error']}")

@@ -5,8 +5,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 
+from conveyor.reconciliation.service import ReconciliationService, RunClaims, direct_connection
+from conveyor.reconciliation.sources import open_source
 from conveyor.services.admin import import_catalog
 from conveyor.services.ordering import hash_api_key
 
@@ -135,3 +138,50 @@ def test_reconcile_a_generic_report_through_a_column_mapping_and_refuse_a_malfor
     assert unmapped.returncode == 2 and "--map reference=COLUMN" in unmapped.stderr
     assert refused.returncode == 1 and "line 2" in refused.stderr and "50.5" in refused.stderr
     assert typo.returncode == 2 and "FIELD=COLUMN" in typo.stderr
+
+
+def test_reconcile_waits_for_a_run_another_process_holds_and_then_shows_it(database, database_url, tmp_path):
+    add_order(database, "generic", "INV-9", 900, "USD")
+    report = tmp_path / "generic.csv"
+    report.write_text("reference,currency,amount\nINV-9,USD,9.00\n")
+    service = ReconciliationService(database, lambda: direct_connection(database.engine))
+    other_process = RunClaims(service.connect)
+    run, claimed = service.submit_claimed(open_source(str(report)), None, None, other_process)
+    assert claimed
+
+    env = {**os.environ, "DATABASE_URL": database_url}
+    waiting = subprocess.Popen([sys.executable, "-m", "conveyor.cli", "reconcile", str(report)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)
+        assert waiting.poll() is None  # it waits rather than taking the run over
+        service.execute(run["id"], open_source(str(report)))
+        other_process.close()
+        stdout, stderr = waiting.communicate(timeout=30)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0, stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert (summary["run_id"], summary["matched"]) == (run["id"], 1)
+
+
+def test_reconcile_says_what_to_do_when_the_process_it_waits_for_dies(database, database_url, tmp_path):
+    report = tmp_path / "generic.csv"
+    report.write_text("reference,currency,amount\nINV-10,USD,1.00\n")
+    service = ReconciliationService(database, lambda: direct_connection(database.engine))
+    dying = RunClaims(service.connect)
+    run, _ = service.submit_claimed(open_source(str(report)), None, None, dying)
+
+    env = {**os.environ, "DATABASE_URL": database_url}
+    waiting = subprocess.Popen([sys.executable, "-m", "conveyor.cli", "reconcile", str(report)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)
+        dying.close()  # what the death of its process does to its claim
+        _, stderr = waiting.communicate(timeout=30)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 2 and f"the process executing run {run['id']} stopped" in stderr
+    assert "run this command again" in stderr
+    # Run again, it takes the run over and completes it.
+    assert summary_of(conveyor("reconcile", str(report), database_url=database_url))["run_id"] == run["id"]
