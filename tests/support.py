@@ -7,6 +7,8 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import requests
+
 from conveyor.adapters.database import Database
 from conveyor.domain.orders import order_id_for, request_fingerprint
 from conveyor.messages import cancel_message, place_message
@@ -82,3 +84,19 @@ def eventually(check: Callable[[], object], timeout: float = 15.0, what: str = "
         assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
         time.sleep(0.02)
     return result
+
+
+def finished_run(read: Callable[[], dict], timeout: float = 15.0) -> dict:
+    """Poll a reconciliation run (`read` fetches it) until it is COMPLETED or FAILED."""
+    return eventually(lambda: (run := read())["status"] in ("COMPLETED", "FAILED") and run, timeout,
+                      "the reconciliation run to finish")
+
+
+def console_run(client, location: str, headers: dict, timeout: float = 15.0) -> dict:
+    """A run through a Flask test client of the console, once finished."""
+    return finished_run(lambda: client.get(location, headers=headers).get_json(), timeout)
+
+
+def http_run(base_url: str, location: str, headers: dict, timeout: float = 30.0) -> dict:
+    """A run through a console served over HTTP, once finished."""
+    return finished_run(lambda: requests.get(base_url + location, headers=headers, timeout=5).json(), timeout)

@@ -21,6 +21,8 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import requests
 
+from support import http_run
+
 BASE_IMAGE = "localhost/conveyor-base:bookworm"
 IMAGE = "localhost/conveyor:test"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -162,10 +164,7 @@ def test_the_container_answers_health_and_runs_a_reconciliation(image, database,
         started = requests.post(f"{base}/api/reconciliations", headers=auth,
                                 files={"report": ("stripe.csv", REPORT)}, timeout=10)
         assert started.status_code == 202, started.text
-        deadline = time.monotonic() + 30
-        while (run := requests.get(base + started.headers["Location"], headers=auth, timeout=5).json())["status"] not in (
-                "COMPLETED", "FAILED") and time.monotonic() < deadline:
-            time.sleep(0.2)
+        run = http_run(base, started.headers["Location"], auth)
         assert run["status"] == "COMPLETED", run
         assert run["counts"]["unknown_payment"] == 1
         assert run["totals"] == {"JPY": {"gross": 5000, "fees": 180, "net": 4820, "payouts": 0}}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import time
 import uuid
 
 import boto3
@@ -18,7 +17,7 @@ from conveyor.reconciliation import engine
 from conveyor.reconciliation.engine import CATEGORIES
 from conveyor.reconciliation.service import ReconciliationService, direct_connection
 from conveyor.reconciliation.sources import open_source, spool
-from support import eventually
+from support import console_run, eventually
 
 TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -31,7 +30,6 @@ REPORT = (
 
 @pytest.fixture
 def recon_database(database: Database) -> Database:
-    database.execute("TRUNCATE order_payment_status, reconciliation_discrepancies, reconciliation_runs")
     client_id = str(uuid.uuid4())
     database.execute("INSERT INTO clients (id, name, api_key_hash) VALUES (CAST(:id AS uuid), :id, :id)", {"id": client_id})
     database.execute(
@@ -57,14 +55,8 @@ def client(services):
     return create_app(services).test_client()
 
 
-def wait_completed(client, location: str, timeout: float = 15.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = client.get(location, headers=AUTH).get_json()
-        if run["status"] in ("COMPLETED", "FAILED"):
-            return run
-        time.sleep(0.05)
-    raise AssertionError(f"run {location} did not finish in {timeout} s: {run}")
+def wait_completed(client, location: str) -> dict:
+    return console_run(client, location, AUTH)
 
 
 def test_health_answers_without_a_database_and_readiness_says_what_is_missing():

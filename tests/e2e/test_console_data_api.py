@@ -19,6 +19,7 @@ from conveyor.console.settings import DatabaseSettings
 from conveyor.dataapi.client import DataApiDatabase
 from conveyor.dataapi.server import LocalDataApi
 from conveyor.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
+from support import console_run
 
 pytestmark = pytest.mark.e2e
 
@@ -121,7 +122,7 @@ def test_a_submitted_report_is_committed_and_read_back(client, recon_database):
 def test_a_report_uploaded_to_a_console_with_only_the_data_api_is_reconciled(client, data_api_environment):
     location = upload(client).headers["Location"]
 
-    run = wait_finished(client, location)
+    run = console_run(client, location, AUTH)
 
     assert run["status"] == "COMPLETED", run["error"]
     assert (run["counts"]["matched"], run["counts"]["amount_mismatch"], run["counts"]["unknown_payment"]) == (1, 1, 2)
@@ -131,20 +132,12 @@ def test_a_report_uploaded_to_a_console_with_only_the_data_api_is_reconciled(cli
     assert restart.status_code == 503 and "DATABASE_URL" in restart.get_json()["error"]["message"]
 
 
-def wait_finished(client, location: str, timeout: float = 15.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while (run := client.get(location, headers=AUTH).get_json())["status"] not in ("COMPLETED", "FAILED"):
-        assert time.monotonic() < deadline, f"the run did not finish: {run}"
-        time.sleep(0.05)
-    return run
-
-
 def test_a_completed_run_and_its_discrepancies_read_the_same_through_the_data_api(client, database_url):
     direct = Services(lambda: DatabaseSettings(direct_url=database_url))
     try:
         direct_client = create_app(direct).test_client()
         location = upload(direct_client).headers["Location"]
-        executed = wait_finished(direct_client, location)
+        executed = console_run(direct_client, location, AUTH)
         assert executed["status"] == "COMPLETED", executed["error"]
 
         run = client.get(location, headers=AUTH).get_json()
@@ -192,7 +185,7 @@ def test_a_page_of_a_thousand_discrepancies_comes_through_the_data_api(client):
     header = REPORT.split(b"\r\n")[0].decode()
     rows = [f"txn_{n},2026-10-02 09:00:00,usd,1.00,0.00,1.00,charge,ch_{n},pi_stranger_{n:04d}" for n in range(1000)]
     location = upload(client, ("\r\n".join([header, *rows]) + "\r\n").encode()).headers["Location"]
-    assert wait_finished(client, location)["status"] == "COMPLETED"
+    assert console_run(client, location, AUTH)["status"] == "COMPLETED"
 
     page = client.get(f"{location}/discrepancies?category=unknown_payment&limit=1000", headers=AUTH)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import time
 import uuid
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from conveyor.console.server import start_console
 from conveyor.local.database import libpq_url
 from conveyor.reconciliation import engine
 from conveyor.reconciliation.service import ReconciliationService, direct_connection
-from support import eventually
+from support import eventually, http_run
 
 pytestmark = pytest.mark.e2e
 
@@ -27,13 +26,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def recon_database(database):
-    database.execute("TRUNCATE order_payment_status, reconciliation_discrepancies, reconciliation_runs")
-    return database
-
-
-def test_gunicorn_serves_health_and_a_reconciliation_then_stops_on_sigterm(recon_database, database_url, tmp_path):
+def test_gunicorn_serves_health_and_a_reconciliation_then_stops_on_sigterm(database, database_url, tmp_path):
     report = (f"reference,currency,amount\r\nG-{uuid.uuid4().hex[:8]},KWD,1.234\r\n").encode()
     server = start_console(database_url, port=free_port(), environment={"CONVEYOR_SPOOL_DIR": str(tmp_path)})
     try:
@@ -43,10 +36,7 @@ def test_gunicorn_serves_health_and_a_reconciliation_then_stops_on_sigterm(recon
         started = requests.post(f"{server.url}/api/reconciliations", headers=auth,
                                 files={"report": ("generic.csv", report)}, timeout=10)
         assert started.status_code == 202, started.text
-        deadline = time.monotonic() + 20
-        while (run := requests.get(server.url + started.headers["Location"], headers=auth, timeout=5).json())["status"] not in (
-                "COMPLETED", "FAILED") and time.monotonic() < deadline:
-            time.sleep(0.1)
+        run = http_run(server.url, started.headers["Location"], auth)
         assert run["status"] == "COMPLETED", run
         assert run["counts"]["unknown_payment"] == 1
         assert run["totals"] == {"KWD": {"gross": 1234, "fees": 0, "net": 1234, "payouts": 0}}
@@ -68,15 +58,6 @@ def worker_pids(master: int) -> set[int]:
     return pids
 
 
-def wait_finished(server, location: str, auth: dict, timeout: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while (run := requests.get(server.url + location, headers=auth, timeout=5).json())["status"] not in (
-            "COMPLETED", "FAILED"):
-        assert time.monotonic() < deadline, f"the run did not finish in {timeout} s: {run}"
-        time.sleep(0.1)
-    return run
-
-
 
 @pytest.fixture
 def runs_lock(database_url):
@@ -87,7 +68,7 @@ def runs_lock(database_url):
 
 
 def test_a_run_whose_worker_is_killed_is_executed_by_the_worker_gunicorn_starts_again(
-        recon_database, database_url, runs_lock, tmp_path):
+        database, database_url, runs_lock, tmp_path):
     report = f"reference,currency,amount\r\nK-{uuid.uuid4().hex[:8]},KWD,1.234\r\n".encode()
     # A killed worker's session can outlive it while its statement waits; the periodic pass catches the run then.
     server = start_console(database_url, port=free_port(), environment={
@@ -98,7 +79,7 @@ def test_a_run_whose_worker_is_killed_is_executed_by_the_worker_gunicorn_starts_
                                 files={"report": ("generic.csv", report)}, timeout=10)
         assert started.status_code == 202, started.text
         run_id = started.json()["id"]
-        service = ReconciliationService(recon_database, lambda: direct_connection(recon_database.engine))
+        service = ReconciliationService(database, lambda: direct_connection(database.engine))
         eventually(lambda: service.holders(run_id)["executing"], timeout=30.0,
                    what="the run waiting for its turn in a worker")
 
@@ -108,7 +89,7 @@ def test_a_run_whose_worker_is_killed_is_executed_by_the_worker_gunicorn_starts_
         eventually(lambda: worker_pids(server.process.pid) - killed, timeout=30.0, what="gunicorn starting new workers")
         runs_lock.execute("SELECT pg_advisory_unlock_all()")
 
-        run = wait_finished(server, started.headers["Location"], auth)
+        run = http_run(server.url, started.headers["Location"], auth)
         assert run["status"] == "COMPLETED", run
         assert run["counts"]["unknown_payment"] == 1 and run["orphaned"] is False
         eventually(lambda: not list(tmp_path.iterdir()), timeout=30.0, what="the spooled upload being removed")
@@ -117,11 +98,11 @@ def test_a_run_whose_worker_is_killed_is_executed_by_the_worker_gunicorn_starts_
 
 
 def test_runs_stopped_by_sigterm_are_executed_at_the_next_start_and_no_upload_is_left_behind(
-        recon_database, database_url, runs_lock, tmp_path):
+        database, database_url, runs_lock, tmp_path):
     reports = [f"reference,currency,amount\r\nT-{n}-{uuid.uuid4().hex[:8]},KWD,1.234\r\n".encode() for n in range(2)]
     environment = {"CONVEYOR_SPOOL_DIR": str(tmp_path), "GUNICORN_GRACEFUL_TIMEOUT": "4"}
     server = start_console(database_url, port=free_port(), workers=1, environment=environment)
-    service = ReconciliationService(recon_database, lambda: direct_connection(recon_database.engine))
+    service = ReconciliationService(database, lambda: direct_connection(database.engine))
     try:
         auth = {"Authorization": f"Bearer {server.admin_token}"}
         locations = []
@@ -143,7 +124,7 @@ def test_runs_stopped_by_sigterm_are_executed_at_the_next_start_and_no_upload_is
     next_start = start_console(database_url, port=free_port(), environment={"CONVEYOR_SPOOL_DIR": str(tmp_path)})
     try:
         auth = {"Authorization": f"Bearer {next_start.admin_token}"}
-        assert [wait_finished(next_start, location, auth)["status"] for location in locations] == ["COMPLETED"] * 2
+        assert [http_run(next_start.url, location, auth)["status"] for location in locations] == ["COMPLETED"] * 2
         eventually(lambda: not list(tmp_path.iterdir()), timeout=30.0, what="the spooled uploads being removed")
     finally:
         next_start.stop()

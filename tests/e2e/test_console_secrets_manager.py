@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 
 from conveyor.console.server import ConsoleServer
 from conveyor.local.sqs import FAKE_CREDENTIALS, LOOPBACK, _MotoServerProcess, free_port
+from support import http_run
 
 pytestmark = pytest.mark.e2e
 
@@ -32,12 +33,6 @@ def secrets_manager() -> Iterator[str]:
         yield f"http://{LOOPBACK}:{server.port}"
     finally:
         server.stop()
-
-
-@pytest.fixture
-def recon_database(database):
-    database.execute("TRUNCATE order_payment_status, reconciliation_discrepancies, reconciliation_runs")
-    return database
 
 
 def start_console_with_only_a_secret(secrets_endpoint: str, spool_dir: str) -> ConsoleServer:
@@ -83,7 +78,7 @@ def store_database_secret(secrets_endpoint: str, database_url: str) -> None:
 
 
 def test_a_console_with_only_a_secret_arn_waits_for_the_secret_then_reconciles(
-        secrets_manager, recon_database, database_url, tmp_path):
+        secrets_manager, database, database_url, tmp_path):
     auth = {"Authorization": f"Bearer {TOKEN}"}
     report = f"reference,currency,amount\r\nS-{uuid.uuid4().hex[:8]},KWD,1.234\r\n".encode()
     server = start_console_with_only_a_secret(secrets_manager, str(tmp_path))
@@ -105,10 +100,7 @@ def test_a_console_with_only_a_secret_arn_waits_for_the_secret_then_reconciles(
         started = requests.post(f"{server.url}/api/reconciliations", headers=auth,
                                 files={"report": ("generic.csv", report)}, timeout=30)
         assert started.status_code == 202, started.text
-        deadline = time.monotonic() + 20
-        while (run := requests.get(server.url + started.headers["Location"], headers=auth, timeout=5).json())[
-                "status"] not in ("COMPLETED", "FAILED") and time.monotonic() < deadline:
-            time.sleep(0.1)
+        run = http_run(server.url, started.headers["Location"], auth)
         assert run["status"] == "COMPLETED", run
         assert run["counts"]["unknown_payment"] == 1
         assert run["totals"] == {"KWD": {"gross": 1234, "fees": 0, "net": 1234, "payouts": 0}}

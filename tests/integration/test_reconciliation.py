@@ -68,18 +68,12 @@ class Orders:
 
 
 @pytest.fixture
-def recon_database(database: Database) -> Database:
-    database.execute("TRUNCATE order_payment_status, reconciliation_discrepancies, reconciliation_runs")
-    return database
-
-
-@pytest.fixture
-def direct_service(recon_database: Database) -> ReconciliationService:
-    return ReconciliationService(recon_database, lambda: direct_connection(recon_database.engine))
+def direct_service(database: Database) -> ReconciliationService:
+    return ReconciliationService(database, lambda: direct_connection(database.engine))
 
 
 @pytest.fixture(params=["direct", "data_api"])
-def service(request, recon_database: Database, database_url: str) -> Iterator[ReconciliationService]:
+def service(request, database: Database, database_url: str) -> Iterator[ReconciliationService]:
     """Runs over a direct connection (COPY), or through the Data API (batched INSERTs): tests run on both."""
     if request.param == "direct":
         yield request.getfixturevalue("direct_service")
@@ -91,8 +85,8 @@ def service(request, recon_database: Database, database_url: str) -> Iterator[Re
 
 
 @pytest.fixture
-def orders(recon_database: Database) -> Orders:
-    return Orders(recon_database)
+def orders(database: Database) -> Orders:
+    return Orders(database)
 
 
 def write(path: Path, lines: list[str], bom: bool = True) -> Path:
@@ -340,7 +334,7 @@ def test_a_failure_after_every_write_leaves_nothing_applied_and_the_run_restarts
     assert orders.payment_status(order) == "amount_mismatch"
 
 
-def test_a_connection_killed_mid_load_leaves_nothing_applied(direct_service, orders, recon_database, tmp_path,
+def test_a_connection_killed_mid_load_leaves_nothing_applied(direct_service, orders, database, tmp_path,
                                                              monkeypatch):
     service = direct_service
     order = orders.add("pi_0", 100)
@@ -352,7 +346,7 @@ def test_a_connection_killed_mid_load_leaves_nothing_applied(direct_service, ord
 
     def kill_the_run_after_the_second_chunk(progress):
         if progress.rows_loaded == 20:
-            recon_database.execute(
+            database.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND query LIKE 'COPY settlement_staging%' AND pid <> pg_backend_pid()"
             )

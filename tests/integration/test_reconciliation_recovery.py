@@ -74,19 +74,13 @@ def report_bytes(*references: str) -> bytes:
 
 
 @pytest.fixture
-def recon_database(database: Database) -> Database:
-    database.execute("TRUNCATE order_payment_status, reconciliation_discrepancies, reconciliation_runs")
-    return database
+def service(database: Database) -> ReconciliationService:
+    return ReconciliationService(database, lambda: direct_connection(database.engine))
 
 
 @pytest.fixture
-def service(recon_database: Database) -> ReconciliationService:
-    return ReconciliationService(recon_database, lambda: direct_connection(recon_database.engine))
-
-
-@pytest.fixture
-def orders(recon_database: Database) -> Orders:
-    return Orders(recon_database)
+def orders(database: Database) -> Orders:
+    return Orders(database)
 
 
 @pytest.fixture
@@ -561,6 +555,6 @@ def test_through_the_data_api_runs_execute_but_are_neither_claimed_nor_recovered
         data_api.dispose()
 
 
-def test_a_service_without_a_direct_connection_needs_the_data_api(recon_database):
+def test_a_service_without_a_direct_connection_needs_the_data_api(database):
     with pytest.raises(TypeError, match="DataApiDatabase"):
-        ReconciliationService(recon_database, None)
+        ReconciliationService(database, None)

@@ -54,7 +54,7 @@ def test_several_readers_give_exactly_the_rows_one_reader_gives(tmp_path, monkey
 def test_malformed_rows_anywhere_refuse_the_report_with_their_file_line_numbers(tmp_path, monkeypatch):
     rows = many_rows(3_000)
     rows[10] = "G-bad-1,USD,1.005,payment,x"
-    rows[2_900] = "G-bad-2,XXX,1.00,payment,x"
+    rows[2_900] = "G-bad-2,QQQ,1.00,payment,x"
     path = report(tmp_path, rows)
     # Quoted line ends count: a row's line is where it stands in the file.
     lines = path.read_bytes().split(b"\n")
@@ -66,7 +66,7 @@ def test_malformed_rows_anywhere_refuse_the_report_with_their_file_line_numbers(
             rows_read(path, readers, monkeypatch)
         message = str(refused.value)
         assert f"line {first}: amount '1.005'" in message
-        assert f"line {second}: unknown ISO 4217 currency code 'XXX'" in message
+        assert f"line {second}: unknown ISO 4217 currency code 'QQQ'" in message
         assert message.index(f"line {first}:") < message.index(f"line {second}:")
 
 

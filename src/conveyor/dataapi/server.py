@@ -525,7 +525,7 @@ def _run(action: Callable[..., Any], *args: Any) -> Any:
 
 
 def _database_fault(error: psycopg.Error) -> Fault:
-    """PostgreSQL's error as the Data API words it: the JDBC driver's message, then `; SQLState: XXXXX`."""
+    """PostgreSQL's error as the Data API words it: the JDBC driver's message, then `; SQLState: 23505` (its code)."""
     diag = error.diag
     message = f"{diag.severity_nonlocalized or diag.severity or 'ERROR'}: {diag.message_primary or error}"
     for label, value in (("Detail", diag.message_detail), ("Hint", diag.message_hint),

@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from conveyor.reconciliation.formats import SettlementReader, SettlementReportError
+from conveyor.reconciliation.formats import SettlementReader, SettlementReportError, open_report
 from conveyor.reconciliation.loading import ReportRows, RunStopped
 
 # The categories every run reports, in this order, under exactly these names.
@@ -290,7 +290,7 @@ def reconcile(
         session.execute("SET LOCAL parallel_tuple_cost = 0.01")
         session.execute(CREATE_STAGING)
         on_progress(Progress("LOADING"))
-        with report.open(encoding="utf-8-sig", newline="") as text:
+        with open_report(report) as text:
             rows = ReportRows(report, SettlementReader(text, plan.format, plan.column_map), stop)
             try:
                 rows_loaded = session.load_staging(rows, lambda loaded: on_progress(Progress("LOADING", loaded)))

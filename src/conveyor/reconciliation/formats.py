@@ -1,6 +1,6 @@
 """Settlement report formats: detect one from its header and turn its rows into settlement records.
 
-Pure: no I/O beyond the text stream it is given, no database. Columns are found by
+No database, and no I/O beyond the text stream it is given (`open_report` opens one). Columns are found by
 header name (case and surrounding spaces ignored), never by position, because every
 account chooses its own columns. Amounts become exact integer minor units; an amount
 that does not fit its currency's exponent is refused, never rounded.
@@ -13,6 +13,7 @@ import csv
 import operator
 import re
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import TextIO
 
 from conveyor.domain.money import MoneyError, currency_exponent, to_minor_units
@@ -83,6 +84,12 @@ class MalformedRow(ValueError):
 def normalise(name: str) -> str:
     # A byte-order mark survives decoding as plain "utf-8"; it is not whitespace to str.strip().
     return name.replace("\ufeff", "").strip().lower()
+
+
+def open_report(path: Path) -> TextIO:
+    """A report file as text for SettlementReader."""
+    # utf-8-sig drops a byte-order mark; newline="" lets csv handle CRLF and quoted newlines.
+    return path.open(encoding="utf-8-sig", newline="")
 
 
 def detect_format(header: list[str]) -> str:

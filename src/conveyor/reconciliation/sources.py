@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 from urllib.parse import urlparse
 
+from conveyor.reconciliation.formats import open_report
+
 BLOCK_SIZE = 1 << 20
 UPLOAD_SOURCE_PREFIX = "upload:"  # how an upload's source is recorded: upload:FILENAME
 INCOMING_PREFIX = "report-"
@@ -44,8 +46,7 @@ class SettlementFile:
     spooled: bool  # a copy in the spool folder, removed once its run has finished
 
     def open_text(self) -> TextIO:
-        # utf-8-sig drops a byte-order mark; newline="" lets csv handle CRLF and quoted newlines.
-        return self.path.open(encoding="utf-8-sig", newline="")
+        return open_report(self.path)
 
     def discard(self) -> None:
         if self.spooled:
