@@ -105,9 +105,9 @@ def detect_format(header: list[str]) -> str:
             "this looks like Stripe's 'All activity' export, which does not say what each row settles."
             " Download Reports > Balance > 'Balance change from activity' (itemized) instead."
         )
+    # The header is not quoted: a file that is no report may hold anything.
     raise SettlementReportError(
-        "cannot tell the report's format from its header "
-        f"({', '.join(header[:8])}{', …' if len(header) > 8 else ''}). Expected a Stripe itemized"
+        f"cannot tell the report's format from its header ({len(header)} columns). Expected a Stripe itemized"
         " balance change export, an Adyen Settlement details report, or a generic CSV with columns"
         " reference,currency,amount; or pass the format explicitly (--format, or \"format\" in the API),"
         " or map a generic report's columns (--map reference=COLUMN, or \"columns\" in the API)."
