@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import traceback
 import uuid
 from urllib.parse import unquote, urlsplit
 
@@ -42,6 +43,12 @@ def describe_error(exc: BaseException) -> str:
     for secret in _secrets_in_environment():
         text = text.replace(secret, "***")
     return f"{type(exc).__name__}: {text}"[:MAX_ERROR_TEXT]
+
+
+def log_failure(logger: Logger, message: str, exc: BaseException, **extra: object) -> None:
+    """Log an exception as describe_error has it, with its stack's frames but none of its values."""
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    logger.error(message, extra={**extra, "error": describe_error(exc), "stack": frames})
 
 
 def _secrets_in_environment() -> set[str]:

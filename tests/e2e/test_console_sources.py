@@ -284,3 +284,17 @@ def test_page_parameters_are_whole_numbers_in_range(client, query):  # noqa: F81
     assert answer.status_code == 400 and answer.get_json()["error"]["code"] == "validation_error"
     assert len(answer.get_data()) < 1000
     assert client.get(f"{location}/discrepancies?after=9223372036854775807&limit=5000", headers=AUTH).status_code == 200
+
+
+def test_an_unexpected_failure_answers_500_and_logs_no_secret(client, services, monkeypatch, caplog):  # noqa: F811
+    def failing(*_args, **_kwargs):
+        raise RuntimeError(f"driver said: password={SECRET} for postgresql://conveyor:{SECRET}@db/conveyor")
+
+    monkeypatch.setattr(services.runs, "start", failing)
+
+    answer = client.post("/api/reconciliations", headers=AUTH, data={"report": (io.BytesIO(REPORT), "stripe.csv")})
+
+    assert answer.status_code == 500 and SECRET not in answer.get_data(as_text=True)
+    [logged] = [record for record in caplog.records if record.getMessage() == "request failed"]
+    assert "driver said" in logged.error and "in failing" in logged.stack
+    assert SECRET not in repr(vars(logged))

@@ -1,11 +1,16 @@
 """Which report sources a service reads, and how an upload and an error are recorded: the rules alone."""
 from __future__ import annotations
 
+import io
+import json
+import logging
+import os
 from pathlib import Path, PurePosixPath
 
 import pytest
+from aws_lambda_powertools import Logger
 
-from conveyor.observability import describe_error
+from conveyor.observability import describe_error, log_failure
 from conveyor.reconciliation.sources import (
     MAX_UPLOAD_NAME, SourceRefused, confine, is_within, s3_location, upload_source,
 )
@@ -126,3 +131,22 @@ def test_an_error_is_described_without_credentials_statements_or_secrets(monkeyp
     for secret in ("hunter22", "other-secret", "admin-token-value", "p@ss-word", "row data", "SELECT", "sqlalche.me"):
         assert secret not in described
     assert len(describe_error(RuntimeError("x" * 10_000))) == 500
+
+
+def test_a_failure_is_logged_with_its_frames_but_without_secrets(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-value")
+    stream = io.StringIO()
+    logger = Logger(service="test", logger_handler=logging.StreamHandler(stream))
+
+    def failing() -> None:
+        raise RuntimeError("refused with " + os.environ["AWS_SECRET_ACCESS_KEY"])
+
+    try:
+        failing()
+    except RuntimeError as exc:
+        log_failure(logger, "job failed", exc, run_id="r-1")
+
+    line = json.loads(stream.getvalue())
+    assert line["message"] == "job failed" and line["run_id"] == "r-1"
+    assert line["error"] == "RuntimeError: refused with ***" and "in failing" in line["stack"]
+    assert "aws-secret-value" not in stream.getvalue()

@@ -35,7 +35,7 @@ from werkzeug.exceptions import HTTPException
 
 from conveyor.adapters.database import Database, create_engine_for
 from conveyor.console import settings
-from conveyor.observability import describe_error, get_logger
+from conveyor.observability import describe_error, get_logger, log_failure
 from conveyor.reconciliation.engine import CATEGORIES
 from conveyor.reconciliation.formats import FORMATS, GENERIC_COLUMNS, SettlementReportError
 from conveyor.reconciliation.jobs import BackgroundRuns, ShuttingDown
@@ -137,7 +137,7 @@ def create_app(services: Services | None = None) -> Flask:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
-        logger.exception("request failed", extra={"path": request.path})
+        log_failure(logger, "request failed", exc, path=request.path)
         return error(500, "internal_error", "the request failed unexpectedly; try again, and check the service logs")
 
     @app.before_request

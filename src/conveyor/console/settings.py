@@ -96,7 +96,7 @@ def report_dir() -> Path | None:
     if not configured:
         return None
     folder = Path(os.path.normpath(configured))
-    if not folder.is_absolute() or folder == Path("/") or not folder.is_dir():
+    if not folder.is_absolute() or not folder.is_dir() or Path(os.path.realpath(folder)) == Path("/"):
         raise ConfigurationError(
             f"{REPORT_DIR_VARIABLE} must name an existing folder other than /, by its absolute path: the console"
             " reads local reports only under it (unset it to allow uploads and s3:// sources only)")

@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from conveyor.observability import describe_error
+from conveyor.observability import describe_error, log_failure
 from conveyor.reconciliation.service import (
     NOT_STARTED_NOTE, DirectConnectionRequired, ReconciliationService, RunClaims, RunConflict,
 )
@@ -224,8 +224,8 @@ class BackgroundRuns:
         status = None
         try:
             status = self.service.execute(job.run_id, job.report, stop=job.stop)["status"]
-        except Exception:
-            self.service.logger.exception("reconciliation job failed", extra={"run_id": job.run_id})
+        except Exception as exc:
+            log_failure(self.service.logger, "reconciliation job failed", exc, run_id=job.run_id)
         finally:
             self._finish(job, status)
 
@@ -274,8 +274,8 @@ class BackgroundRuns:
         for job in never_started:
             try:
                 self.service.leave_for_recovery(job.run_id, NOT_STARTED_NOTE)
-            except Exception:  # noqa: BLE001 - still QUEUED, and unclaimed once this process is gone
-                self.service.logger.exception("could not note a run left for recovery", extra={"run_id": job.run_id})
+            except Exception as exc:  # noqa: BLE001 - still QUEUED, and unclaimed once this process is gone
+                log_failure(self.service.logger, "could not note a run left for recovery", exc, run_id=job.run_id)
             # Its spooled report stays, as run-ID.csv, for the recovery.
             self._finish(job, status=None)
         if never_started:
