@@ -28,7 +28,8 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -43,7 +44,7 @@ from conveyor.reconciliation.service import (
     DirectConnectionRequired, ReconciliationError, ReconciliationService, RunConflict, direct_connection,
 )
 from conveyor.reconciliation.sources import (
-    SourceRefused, SourceUnreadable, open_offered_source, spool, upload_source,
+    SettlementFile, SourceRefused, SourceUnreadable, open_offered_source, spool, upload_source,
 )
 
 MAX_DISCREPANCIES_PAGE = 1000
@@ -167,8 +168,8 @@ def create_app(services: Services | None = None) -> Flask:
     @app.post("/api/reconciliations")
     def start_reconciliation():
         try:
-            format, cutoff, columns, report = _report_from_request(services.runs.report_dir)
-            run = services.runs.start(report, format, cutoff, columns)
+            command = _start_run_command(services.runs.report_dir)
+            run = services.runs.start(command.report, command.format, command.cutoff, command.columns)
         except FileNotFoundError as exc:
             return error(400, "source_not_found", str(exc))
         except SourceRefused as exc:
@@ -232,8 +233,15 @@ def create_app(services: Services | None = None) -> Flask:
     return app
 
 
-def _report_from_request(report_dir):
-    """(format, cutoff, column mapping, report file) from a JSON body or a multipart upload.
+class StartRun(NamedTuple):
+    format: str | None
+    cutoff: datetime | None
+    columns: dict[str, str] | None
+    report: SettlementFile
+
+
+def _start_run_command(report_dir: Path | None) -> StartRun:
+    """The run to start, from a JSON body naming its source or a multipart upload.
 
     A path source is read only under `report_dir` (None: no path); an upload's file name is only recorded.
     """
@@ -254,7 +262,7 @@ def _report_from_request(report_dir):
     format = _format(fields.get("format"))
     cutoff = _cutoff(fields.get("cutoff"))
     columns = _columns(fields.get("columns"))
-    return format, cutoff, columns, report_factory()
+    return StartRun(format, cutoff, columns, report_factory())
 
 
 def _format(value: Any) -> str | None:
