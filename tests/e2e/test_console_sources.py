@@ -14,8 +14,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from conveyor.reconciliation.sources import SourceUnreadable, open_offered_source
-from support import console_run
-from test_console_api import AUTH, REPORT, client, recon_database, services  # noqa: F401 - fixtures
+from support import console_run, eventually
+from test_console_api import AUTH, REPORT, client, recon_database, runs_lock, services  # noqa: F401 - fixtures
 
 HOW_TO_OFFER = ("multipart field 'report'", "s3://bucket/")
 SECRET = f"secret-marker-{uuid.uuid4().hex}"
@@ -177,6 +177,22 @@ def test_a_file_in_the_folder_is_reconciled_through_any_path_that_stays_inside(c
 
     missing = post_source(client, str(reports / "november.csv"))
     assert missing.status_code == 400 and missing.get_json()["error"]["code"] == "source_not_found"
+
+
+def test_a_run_reads_the_file_it_checked_even_when_it_is_swapped_for_a_symlink_meanwhile(
+        client, reports, secret_file, runs_lock, tmp_path):  # noqa: F811
+    path = reports / "october.csv"
+    path.write_bytes(REPORT)
+    started = post_source(client, str(path))  # queued behind the lock held by another run
+    assert started.status_code == 202
+
+    path.unlink()
+    path.symlink_to(secret_file)
+    runs_lock.release()
+
+    run = console_run(client, started.headers["Location"], AUTH)
+    assert run["status"] == "COMPLETED" and run["counts"]["matched"] == 1 and SECRET not in json.dumps(run)
+    eventually(lambda: list((tmp_path / "spool").iterdir()) == [], what="the copy being removed after the run")
 
 
 def test_a_report_of_unknown_layout_in_the_folder_is_refused_without_quoting_it(client, reports):  # noqa: F811

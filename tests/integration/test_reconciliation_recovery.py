@@ -467,8 +467,8 @@ def test_reopen_checks_the_content_it_finds(service, spool_folder, tmp_path):
     path.write_bytes(report_bytes("REOPEN-1"))
     original = open_source(str(path))
 
-    assert reopen("00000000-0000-0000-0000-000000000001", original.source, original.sha256, tmp_path).path == \
-        path.resolve()
+    copy = reopen("00000000-0000-0000-0000-000000000001", original.source, original.sha256, tmp_path)
+    assert copy.spooled and copy.path.read_bytes() == path.read_bytes()  # a service reads a copy
     kept = upload(report_bytes("REOPEN-2")).kept_for("00000000-0000-0000-0000-000000000002")
     again = reopen("00000000-0000-0000-0000-000000000002", "upload:x.csv", kept.sha256, None)
     assert again.path == kept.path and again.spooled

@@ -5,8 +5,9 @@ reads a local path only under the report folder its operator configured (`open_o
 `confine`): its callers must not make it read its own secrets, /proc, or the database's files.
 
 Every source ends up as a local file plus the SHA-256 of its bytes, read in blocks so
-that no report is ever held in memory. S3 objects and uploads are spooled to disk
-first: the hash decides whether the report was already reconciled, before any work.
+that no report is ever held in memory. S3 objects, uploads and a service's local reports
+are spooled to disk first: the hash decides whether the report was already reconciled,
+before any work, and what is read is what was checked and hashed.
 
 The spool folder holds `report-*.csv` (a copy whose run is not known yet) and
 `run-ID.csv` (the copy run ID executes from, kept until that run is COMPLETED or
@@ -145,8 +146,8 @@ def open_offered_source(source: str, report_dir: Path | None, s3_client=None) ->
 
     Raises SourceRefused for anything else, FileNotFoundError for a missing file in the folder.
     The file is opened without following a last symlink, and the real path of the opened file is
-    checked, so a symlink swapped in meanwhile cannot lead it out of the folder; it is hashed from
-    that same descriptor.
+    checked, so a symlink swapped in meanwhile cannot lead it out of the folder. It is copied to the
+    spool folder from that same descriptor: the run reads the copy, never the path again.
     """
     if source.startswith("s3://"):
         return _from_s3(source, s3_client)
@@ -164,12 +165,10 @@ def open_offered_source(source: str, report_dir: Path | None, s3_client=None) ->
         problem = _problem_with_opened(descriptor, real, real_dir)
         if problem is None:
             with open(descriptor, "rb", closefd=False) as handle:
-                sha256 = _sha256_of_stream(handle)
+                return spool(handle, source)
     finally:
         os.close(descriptor)
-    if problem is not None:
-        raise SourceRefused(f"{problem}. {how_to_offer(report_dir)}")
-    return SettlementFile(path=Path(real), source=source, sha256=sha256, spooled=False)
+    raise SourceRefused(f"{problem}. {how_to_offer(report_dir)}")
 
 
 def _problem_with_opened(descriptor: int, real: str, real_dir: Path) -> str | None:
@@ -268,14 +267,10 @@ def sweep_spool(statuses_of: Callable[[list[str]], dict[str, str]], now: float |
 
 
 def _sha256_of(path: Path) -> str:
-    with path.open("rb") as handle:
-        return _sha256_of_stream(handle)
-
-
-def _sha256_of_stream(handle: BinaryIO) -> str:
     digest = hashlib.sha256()
-    while block := handle.read(BLOCK_SIZE):
-        digest.update(block)
+    with path.open("rb") as handle:
+        while block := handle.read(BLOCK_SIZE):
+            digest.update(block)
     return digest.hexdigest()
 
 
