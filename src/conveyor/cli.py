@@ -307,9 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         from conveyor.loadgen import LoadError
         from conveyor.reconciliation.formats import SettlementReportError
         from conveyor.reconciliation.service import ReconciliationError
+        from conveyor.reconciliation.sources import SourceRefused, SourceUnreadable
         from conveyor.services.admin import AdminError
 
-        if isinstance(exc, (AdminError, LoadError, FileNotFoundError, SettlementReportError, ReconciliationError)):
+        if isinstance(exc, (AdminError, LoadError, FileNotFoundError, SettlementReportError, ReconciliationError,
+                            SourceRefused, SourceUnreadable)):
             console.print(f"[red]error:[/red] {exc}")
             return 2
         raise

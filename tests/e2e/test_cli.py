@@ -185,3 +185,17 @@ def test_reconcile_says_what_to_do_when_the_process_it_waits_for_dies(database, 
     assert "run this command again" in stderr
     # Run again, it takes the run over and completes it.
     assert summary_of(conveyor("reconcile", str(report), database_url=database_url))["run_id"] == run["id"]
+
+
+def test_reconcile_reads_any_path_its_user_names_whatever_the_console_is_confined_to(
+        database, database_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVEYOR_REPORT_DIR", str(tmp_path / "console-reports"))  # the console's rule only
+    (tmp_path / "generic.csv").write_text(f"reference,currency,amount\nCLI-{uuid.uuid4().hex[:8]},USD,1.00\n")
+
+    relative = conveyor("reconcile", "generic.csv", database_url=database_url, cwd=tmp_path)
+
+    assert relative.returncode == 0, relative.stderr
+    assert summary_of(relative)["unknown_payment"] == 1
+    refused = conveyor("reconcile", "s3://Not_A_Bucket/x.csv", database_url=database_url)
+    assert refused.returncode == 2 and "s3://bucket/path/to/report.csv" in refused.stderr
+    assert "Traceback" not in refused.stderr

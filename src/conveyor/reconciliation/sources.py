@@ -22,8 +22,8 @@ import os
 import re
 import stat
 import tempfile
-import unicodedata
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -150,6 +150,10 @@ def open_offered_source(source: str, report_dir: Path | None, s3_client=None) ->
     spool folder from that same descriptor: the run reads the copy, never the path again.
     """
     if source.startswith("s3://"):
+        try:
+            s3_location(source)
+        except SourceRefused as exc:
+            raise SourceRefused(f"{exc}. {how_to_offer(report_dir)}") from None
         return _from_s3(source, s3_client)
     real = os.path.realpath(confine(source, report_dir))  # symlinks and '..' resolved
     real_dir = Path(os.path.realpath(report_dir))  # the folder may itself be a symlink
@@ -304,7 +308,7 @@ def s3_location(uri: str) -> tuple[str, str]:
             or any(unicodedata.category(c) in ("Cc", "Cs") for c in key)):
         raise SourceRefused("an S3 source looks like s3://bucket/path/to/report.csv: a bucket name of 3 to 63"
                             " lowercase letters, digits, dots and hyphens, and a key of 1 to 1024 bytes without"
-                            " control characters; or upload the file in the multipart field 'report'")
+                            " control characters")
     return bucket, key
 
 
@@ -317,7 +321,8 @@ def _from_s3(uri: str, s3_client) -> SettlementFile:
             import boto3  # only S3 sources need it; AWS_ENDPOINT_URL_S3 points it at moto locally
 
             s3_client = boto3.client("s3")
-        body = s3_client.get_object(Bucket=bucket, Key=key)["Body"]
+        with s3_client.get_object(Bucket=bucket, Key=key)["Body"] as body:
+            return spool(body, uri)
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchKey", "NoSuchBucket", "404"):
@@ -328,5 +333,3 @@ def _from_s3(uri: str, s3_client) -> SettlementFile:
     except BotoCoreError as exc:
         raise SourceUnreadable(f"{uri} could not be read from S3 ({type(exc).__name__}): check this service's AWS"
                                " region, credentials and route to S3") from None
-    with body:
-        return spool(body, uri)
