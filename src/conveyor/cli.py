@@ -138,6 +138,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import ProgrammingError
 
     from conveyor.reconciliation.engine import CATEGORIES
+    from conveyor.reconciliation.formats import check_timezone
     from conveyor.reconciliation.service import (
         ReconciliationError, ReconciliationService, RunClaims, direct_connection,
     )
@@ -147,6 +148,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         cutoff = datetime.fromisoformat(args.cutoff) if args.cutoff else None
     except ValueError:
         raise ReconciliationError(f"--cutoff {args.cutoff!r} is not an ISO 8601 time such as 2026-10-31T23:59:59+00:00") from None
+    check_timezone(args.timezone)
     database = _database(connections=3)  # the run's, its claim's, and one for progress
     # Its JSON logs go to stderr: stdout carries only the final JSON line.
     logger = Logger(service="conveyor-reconciliation", level=os.environ.get("LOG_LEVEL", "INFO"),
@@ -157,7 +159,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     report = open_source(args.source)
     try:
         try:
-            run, claimed = service.submit_claimed(report, args.format, cutoff, claims, _column_map(args.map))
+            run, claimed = service.submit_claimed(report, args.format, cutoff, claims, _column_map(args.map),
+                                                  args.timezone)
         except ProgrammingError as exc:
             if isinstance(exc.orig, psycopg.errors.UndefinedTable):
                 raise ReconciliationError("this database has no reconciliation tables yet: run `conveyor migrate`"
@@ -195,10 +198,25 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         console.print(f"[red]error:[/red] reconciliation {run['id']} {run['status'].lower()}: {run['error']}")
         return 1
     console.print(f"run {run['id']}: {run['rows_loaded']:,} rows, cutoff {run['cutoff']}")
+    _warn_about(run)
     summary = {category: run["counts"][category] for category in CATEGORIES}
     print(json.dumps({**summary, "totals": run["totals"], "run_id": run["id"], "format": run["format"],
-                      "rows": run["rows_loaded"]}, separators=(",", ":")))
+                      "rows": run["rows_loaded"], "unmapped_types": run["unmapped_types"] or {},
+                      "inconsistent_rows": run["inconsistent_rows"]}, separators=(",", ":")))
     return 0
+
+
+def _warn_about(run: dict) -> None:
+    """What reading the report noticed without refusing it."""
+    if run["unmapped_types"]:
+        types = ", ".join(f"{name} ({count:,} rows)" for name, count in run["unmapped_types"].items())
+        console.print(f"[yellow]warning:[/yellow] row types nobody mapped, counted as other: {types}", soft_wrap=True)
+    if run["inconsistent_rows"]:
+        inconsistent = run["inconsistent_rows"]
+        lines = ", ".join(map(str, inconsistent["lines"])) + (", …" if inconsistent["count"] > len(inconsistent["lines"])
+                                                               else "")
+        console.print(f"[yellow]warning:[/yellow] {inconsistent['count']:,} row(s) where {inconsistent['message']};"
+                      f" lines {lines}", soft_wrap=True)
 
 
 def cmd_dataapi(args: argparse.Namespace) -> int:
@@ -270,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="default: detected from the header")
     reconcile.add_argument("--cutoff", help="ISO 8601 time with offset; confirmed orders created later are not"
                            " expected in the report (default: the report's latest row)")
+    reconcile.add_argument("--timezone", metavar="ZONE",
+                           help="IANA time zone of the report's local times, e.g. Europe/Berlin: the zone a Stripe"
+                           " report with `created` (not created_utc) was run in, or an Adyen account's zone when its"
+                           " TimeZone column is ambiguous (IST, CST) or empty")
     reconcile.add_argument("--map", action="append", metavar="FIELD=COLUMN",
                            help="generic format: read FIELD from the column COLUMN, e.g. --map reference='Order Ref'"
                            " (repeatable; fields: reference, currency, amount, type, alt_reference, fee, net,"
