@@ -197,7 +197,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     if run["status"] != "COMPLETED":
         console.print(f"[red]error:[/red] reconciliation {run['id']} {run['status'].lower()}: {run['error']}")
         return 1
-    console.print(f"run {run['id']}: {run['rows_loaded']:,} rows, cutoff {run['cutoff']}")
+    console.print(f"run {run['id']}: {run['rows_loaded']:,} rows, cutoff {run['cutoff']}", soft_wrap=True)
     _warn_about(run)
     summary = {category: run["counts"][category] for category in CATEGORIES}
     print(json.dumps({**summary, "totals": run["totals"], "run_id": run["id"], "format": run["format"],
