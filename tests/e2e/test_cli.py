@@ -142,6 +142,25 @@ def test_reconcile_a_generic_report_through_a_column_mapping_and_refuse_a_malfor
     assert typo.returncode == 2 and "FIELD=COLUMN" in typo.stderr
 
 
+WAITING_CLI = "conveyor-cli-under-test"
+
+
+def reconcile_in_background(report, database_url: str) -> subprocess.Popen:
+    env = {**os.environ, "DATABASE_URL": database_url, "PGAPPNAME": WAITING_CLI}
+    return subprocess.Popen([sys.executable, "-m", "conveyor.cli", "reconcile", str(report)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until_it_waits(database, timeout: float = 60.0) -> None:
+    """Until the command has failed to claim the run and reads it: it waits for the run's holder."""
+    deadline = time.monotonic() + timeout
+    while not database.fetch_json(
+            "SELECT to_json(EXISTS (SELECT FROM pg_stat_activity WHERE application_name = :name"
+            " AND query LIKE '%AS orphaned FROM reconciliation_runs%'))::text", {"name": WAITING_CLI}):
+        assert time.monotonic() < deadline, "the command never started waiting for the run"
+        time.sleep(0.1)
+
+
 def test_reconcile_waits_for_a_run_another_process_holds_and_then_shows_it(database, database_url, tmp_path):
     add_order(database, "generic", "INV-9", 900, "USD")
     report = tmp_path / "generic.csv"
@@ -151,11 +170,9 @@ def test_reconcile_waits_for_a_run_another_process_holds_and_then_shows_it(datab
     run, claimed = service.submit_claimed(open_source(str(report)), None, None, other_process)
     assert claimed
 
-    env = {**os.environ, "DATABASE_URL": database_url}
-    waiting = subprocess.Popen([sys.executable, "-m", "conveyor.cli", "reconcile", str(report)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    waiting = reconcile_in_background(report, database_url)
     try:
-        time.sleep(2)
+        wait_until_it_waits(database)
         assert waiting.poll() is None  # it waits rather than taking the run over
         service.execute(run["id"], open_source(str(report)))
         other_process.close()
@@ -174,11 +191,9 @@ def test_reconcile_says_what_to_do_when_the_process_it_waits_for_dies(database, 
     dying = RunClaims(service.connect)
     run, _ = service.submit_claimed(open_source(str(report)), None, None, dying)
 
-    env = {**os.environ, "DATABASE_URL": database_url}
-    waiting = subprocess.Popen([sys.executable, "-m", "conveyor.cli", "reconcile", str(report)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    waiting = reconcile_in_background(report, database_url)
     try:
-        time.sleep(2)
+        wait_until_it_waits(database)
         dying.close()  # what the death of its process does to its claim
         _, stderr = waiting.communicate(timeout=30)
     finally:
