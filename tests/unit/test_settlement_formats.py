@@ -416,6 +416,10 @@ def test_another_kind_of_report_is_named_with_the_one_to_download_even_when_a_fo
     assert "8816000000000001" not in message and "txn_1" not in message and "po_1" not in message
 
 
+def test_a_generic_csv_with_columns_like_another_reports_is_still_generic():
+    assert detect_format(["reference", "currency", "amount", "id", "type", "source"]) == "generic"
+
+
 def test_a_stripe_summary_report_asks_for_the_itemized_one():
     with pytest.raises(SettlementReportError, match="summary report.*itemized"):
         records("reporting_category,currency,count,gross,fee,net\ncharge,usd,3,30.00,1.20,28.80\n")

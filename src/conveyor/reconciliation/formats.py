@@ -195,10 +195,10 @@ def another_kind_of_report(header: list[str]) -> str | None:
 
 
 def detect_format(header: list[str]) -> str:
-    refusal = another_kind_of_report(header)
-    if refusal:
-        raise SettlementReportError(refusal)
     names = {normalise(name) for name in header}
+    refusal = another_kind_of_report(header)
+    if refusal and not {"reference", "currency", "amount"} <= names:  # a generic CSV may hold any other columns
+        raise SettlementReportError(refusal)
     if {"balance_transaction_id", "reporting_category"} <= names or {"reporting_category", "gross"} <= names:
         return "stripe"
     if {"psp reference", "type"} <= names and ("gross currency" in names or "net currency" in names):
