@@ -287,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--format", choices=["stripe", "adyen", "generic"],
                            help="default: detected from the header")
     reconcile.add_argument("--cutoff", help="ISO 8601 time with offset; confirmed orders created later are not"
-                           " expected in the report (default: the report's latest row time; required when its rows have none)")
+                           " expected in the report (default: the report's latest row time; required when its"
+                           " rows have none)")
     reconcile.add_argument("--timezone", metavar="ZONE",
                            help="IANA time zone of the report's local times, e.g. Europe/Berlin: the zone a Stripe"
                            " report with `created` (not created_utc) was run in, or an Adyen account's zone when its"

@@ -531,9 +531,9 @@ class _AdyenRows:
             if not abbreviation:
                 raise MalformedRow("TimeZone is empty: give the account's time zone with --timezone")
             if abbreviation in AMBIGUOUS_TIME_ZONES:
-                raise MalformedRow(
-                    f"TimeZone {abbreviation} is ambiguous (it can mean UTC{', UTC'.join(ADYEN_TIME_ZONES[abbreviation])}):"
-                    " give the account's time zone with --timezone, e.g. --timezone Asia/Kolkata")
+                meanings = ", UTC".join(ADYEN_TIME_ZONES[abbreviation])
+                raise MalformedRow(f"TimeZone {abbreviation} is ambiguous (it can mean UTC{meanings}): give the"
+                                   " account's time zone with --timezone, e.g. --timezone Asia/Kolkata")
             raise MalformedRow(f"TimeZone {abbreviation[:8]!r} is not an abbreviation Conveyor knows: give the"
                                " account's time zone with --timezone")
         # The zone given places the time; the row's abbreviation must be the zone's own name for it then,
