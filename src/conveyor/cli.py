@@ -167,6 +167,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                                           " first") from None
             raise
         if not claimed and run["status"] != "COMPLETED":
+            # The spinner shows only on a terminal; the log line tells scripts (and tests) it is waiting.
+            logger.info("waiting for the process that executes the run", extra={"run_id": run["id"]})
             with console.status(f"run {run['id']} is being executed by another process; waiting for it"):
                 while run["status"] not in ("COMPLETED", "FAILED") and not run["orphaned"]:
                     time.sleep(1)

@@ -5,9 +5,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
+
+from support import OutputLines
 
 from conveyor.reconciliation.service import ReconciliationService, RunClaims, direct_connection
 from conveyor.reconciliation.sources import open_source
@@ -142,23 +143,13 @@ def test_reconcile_a_generic_report_through_a_column_mapping_and_refuse_a_malfor
     assert typo.returncode == 2 and "FIELD=COLUMN" in typo.stderr
 
 
-WAITING_CLI = "conveyor-cli-under-test"
+WAITING = "waiting for the process that executes the run"
 
 
 def reconcile_in_background(report, database_url: str) -> subprocess.Popen:
-    env = {**os.environ, "DATABASE_URL": database_url, "PGAPPNAME": WAITING_CLI}
+    env = {**os.environ, "DATABASE_URL": database_url}
     return subprocess.Popen([sys.executable, "-m", "conveyor.cli", "reconcile", str(report)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_until_it_waits(database, timeout: float = 60.0) -> None:
-    """Until the command has failed to claim the run and reads it: it waits for the run's holder."""
-    deadline = time.monotonic() + timeout
-    while not database.fetch_json(
-            "SELECT to_json(EXISTS (SELECT FROM pg_stat_activity WHERE application_name = :name"
-            " AND query LIKE '%AS orphaned FROM reconciliation_runs%'))::text", {"name": WAITING_CLI}):
-        assert time.monotonic() < deadline, "the command never started waiting for the run"
-        time.sleep(0.1)
 
 
 def test_reconcile_waits_for_a_run_another_process_holds_and_then_shows_it(database, database_url, tmp_path):
@@ -171,15 +162,19 @@ def test_reconcile_waits_for_a_run_another_process_holds_and_then_shows_it(datab
     assert claimed
 
     waiting = reconcile_in_background(report, database_url)
+    stderr = OutputLines(waiting.stderr)
     try:
-        wait_until_it_waits(database)
-        assert waiting.poll() is None  # it waits rather than taking the run over
+        # It has seen the run claimed and decided to wait, rather than take the run over.
+        stderr.wait_for_log(WAITING, run_id=run["id"])
+        untouched = service.get(run["id"])
         service.execute(run["id"], open_source(str(report)))
         other_process.close()
-        stdout, stderr = waiting.communicate(timeout=30)
+        waiting.wait(timeout=30)
+        stdout = waiting.stdout.read()
     finally:
         waiting.kill()
-    assert waiting.returncode == 0, stderr
+    assert waiting.returncode == 0, stderr.finished()
+    assert (untouched["status"], untouched["rows_loaded"]) == (run["status"], 0)
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert (summary["run_id"], summary["matched"]) == (run["id"], 1)
 
@@ -192,14 +187,16 @@ def test_reconcile_says_what_to_do_when_the_process_it_waits_for_dies(database, 
     run, _ = service.submit_claimed(open_source(str(report)), None, None, dying)
 
     waiting = reconcile_in_background(report, database_url)
+    stderr = OutputLines(waiting.stderr)
     try:
-        wait_until_it_waits(database)
+        stderr.wait_for_log(WAITING, run_id=run["id"])  # else it could claim the run itself once it is free
         dying.close()  # what the death of its process does to its claim
-        _, stderr = waiting.communicate(timeout=30)
+        waiting.wait(timeout=30)
     finally:
         waiting.kill()
-    assert waiting.returncode == 2 and f"the process executing run {run['id']} stopped" in stderr
-    assert "run this command again" in stderr
+    said = stderr.finished()
+    assert waiting.returncode == 2 and f"the process executing run {run['id']} stopped" in said
+    assert "run this command again" in said
     # Run again, it takes the run over and completes it.
     assert summary_of(conveyor("reconcile", str(report), database_url=database_url))["run_id"] == run["id"]
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from datetime import UTC, datetime
 from collections.abc import Iterator
@@ -11,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
+from support import eventually
 
 from conveyor.adapters.database import Database, sqlstate_of
 from conveyor.dataapi.client import DataApiDatabase
@@ -371,7 +371,10 @@ def test_runs_are_serialised_by_an_advisory_lock(service, orders, database_url, 
         other_run.execute("SELECT pg_advisory_lock(%s, %s)", (engine.LOCK_CLASS, engine.ALL_RUNS_LOCK_KEY))
         worker = threading.Thread(target=lambda: finished.append(service.execute(run["id"], open_source(str(report)))))
         worker.start()
-        time.sleep(0.5)
+        # The run has reached the lock and waits there: it neither ran past it nor failed.
+        eventually(lambda: other_run.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = %s AND objsubid = 2",
+            [engine.ALL_RUNS_LOCK_KEY]).fetchone()[0] == 1, what="the run to wait for the lock")
         assert worker.is_alive()
         assert service.get(run["id"])["status"] == "QUEUED"
         other_run.execute("SELECT pg_advisory_unlock(%s, %s)", (engine.LOCK_CLASS, engine.ALL_RUNS_LOCK_KEY))
