@@ -228,6 +228,19 @@ def cmd_dataapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from conveyor_tools.deploy.commands import deploy
+
+    return deploy(args.stage, dry_run=args.dry_run, out=Path(args.out) if args.out else None,
+                  image_tag=args.image_tag, console=console)
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    from conveyor_tools.deploy.commands import destroy
+
+    return destroy(args.stage, force=args.force, console=console)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -294,6 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
     dataapi.add_argument("--cluster-arn", action="append", help="accept only this cluster ARN (repeatable)")
     dataapi.add_argument("--secret-arn", action="append", help="accept only this secret ARN (repeatable)")
     dataapi.set_defaults(func=cmd_dataapi)
+
+    deploy = commands.add_parser("deploy", help="deploy a stage to AWS: stacks, Lambda packages, image, migrations")
+    deploy.add_argument("--stage", required=True, help="dev, prod, or any name (infra/stages/NAME.json, else dev's)")
+    deploy.add_argument("--dry-run", action="store_true", help="write everything to --out; no AWS call, no credentials")
+    deploy.add_argument("--out", help="where to write templates, parameters, policies and packages"
+                        " (default .conveyor/deploy/STAGE)")
+    deploy.add_argument("--image-tag", help="use this image already in the stage's ECR repository instead of building")
+    deploy.set_defaults(func=cmd_deploy)
+
+    destroy = commands.add_parser("destroy", help="delete a stage's stacks (prod needs --force; its database is snapshotted)")
+    destroy.add_argument("--stage", required=True)
+    destroy.add_argument("--force", action="store_true", help="required to destroy prod")
+    destroy.set_defaults(func=cmd_destroy)
     return parser
 
 
@@ -308,8 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         from conveyor.reconciliation.formats import SettlementReportError
         from conveyor.reconciliation.service import ReconciliationError
         from conveyor.services.admin import AdminError
+        from conveyor_tools.deploy.plan import DeployError
 
-        if isinstance(exc, (AdminError, LoadError, FileNotFoundError, SettlementReportError, ReconciliationError)):
+        if isinstance(exc, (AdminError, DeployError, LoadError, FileNotFoundError, SettlementReportError,
+                            ReconciliationError)):
             console.print(f"[red]error:[/red] {exc}")
             return 2
         raise
