@@ -49,12 +49,32 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api_key_registry():
+    """API Gateway's usage plan when the stage runs on AWS (CONVEYOR_USAGE_PLAN_ID, printed by conveyor deploy)."""
+    import os
+
+    usage_plan_id = os.environ.get("CONVEYOR_USAGE_PLAN_ID")
+    if not usage_plan_id:
+        return None
+    from conveyor.adapters.api_keys import ApiGatewayKeys
+
+    return ApiGatewayKeys(usage_plan_id)
+
+
 def cmd_clients_create(args: argparse.Namespace) -> int:
     from conveyor.services.admin import create_client
 
-    client = create_client(_database(), args.name)
+    client = create_client(_database(), args.name, registry=_api_key_registry())
     console.print(f"created client {client.name} ({client.id}). Its API key is shown once:")
     print(client.api_key)
+    return 0
+
+
+def cmd_clients_revoke(args: argparse.Namespace) -> int:
+    from conveyor.services.admin import revoke_client
+
+    revoke_client(_database(), args.name, registry=_api_key_registry())
+    console.print(f"revoked client {args.name}: its API key no longer works")
     return 0
 
 
@@ -261,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     create = clients.add_parser("create", help="create a client and print its API key once, on the last line")
     create.add_argument("name")
     create.set_defaults(func=cmd_clients_create)
+    revoke = clients.add_parser("revoke", help="stop a client's API key working (and remove it from API Gateway)")
+    revoke.add_argument("name")
+    revoke.set_defaults(func=cmd_clients_revoke)
 
     catalog = commands.add_parser("catalog", help="manage the catalog").add_subparsers(dest="action", required=True)
     importer = catalog.add_parser("import", help="insert or update items from a CSV: sku,name,currency,unit_price,stock")
