@@ -49,12 +49,32 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api_key_registry():
+    """API Gateway's usage plan when the stage runs on AWS (CONVEYOR_USAGE_PLAN_ID, printed by conveyor deploy)."""
+    import os
+
+    usage_plan_id = os.environ.get("CONVEYOR_USAGE_PLAN_ID")
+    if not usage_plan_id:
+        return None
+    from conveyor.adapters.api_keys import ApiGatewayKeys
+
+    return ApiGatewayKeys(usage_plan_id)
+
+
 def cmd_clients_create(args: argparse.Namespace) -> int:
     from conveyor.services.admin import create_client
 
-    client = create_client(_database(), args.name)
+    client = create_client(_database(), args.name, registry=_api_key_registry())
     console.print(f"created client {client.name} ({client.id}). Its API key is shown once:")
     print(client.api_key)
+    return 0
+
+
+def cmd_clients_revoke(args: argparse.Namespace) -> int:
+    from conveyor.services.admin import revoke_client
+
+    revoke_client(_database(), args.name, registry=_api_key_registry())
+    console.print(f"revoked client {args.name}: its API key no longer works")
     return 0
 
 
@@ -248,6 +268,19 @@ def cmd_dataapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from conveyor_tools.deploy.commands import deploy
+
+    return deploy(args.stage, dry_run=args.dry_run, out=Path(args.out) if args.out else None,
+                  image_tag=args.image_tag, console=console)
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    from conveyor_tools.deploy.commands import destroy
+
+    return destroy(args.stage, force=args.force, console=console)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -268,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     create = clients.add_parser("create", help="create a client and print its API key once, on the last line")
     create.add_argument("name")
     create.set_defaults(func=cmd_clients_create)
+    revoke = clients.add_parser("revoke", help="stop a client's API key working (and remove it from API Gateway)")
+    revoke.add_argument("name")
+    revoke.set_defaults(func=cmd_clients_revoke)
 
     catalog = commands.add_parser("catalog", help="manage the catalog").add_subparsers(dest="action", required=True)
     importer = catalog.add_parser("import", help="insert or update items from a CSV: sku,name,currency,unit_price,stock")
@@ -319,6 +355,19 @@ def build_parser() -> argparse.ArgumentParser:
     dataapi.add_argument("--cluster-arn", action="append", help="accept only this cluster ARN (repeatable)")
     dataapi.add_argument("--secret-arn", action="append", help="accept only this secret ARN (repeatable)")
     dataapi.set_defaults(func=cmd_dataapi)
+
+    deploy = commands.add_parser("deploy", help="deploy a stage to AWS: stacks, Lambda packages, image, migrations")
+    deploy.add_argument("--stage", required=True, help="dev, prod, or any name (infra/stages/NAME.json, else dev's)")
+    deploy.add_argument("--dry-run", action="store_true", help="write everything to --out; no AWS call, no credentials")
+    deploy.add_argument("--out", help="where to write templates, parameters, policies and packages"
+                        " (default .conveyor/deploy/STAGE)")
+    deploy.add_argument("--image-tag", help="use this image already in the stage's ECR repository instead of building")
+    deploy.set_defaults(func=cmd_deploy)
+
+    destroy = commands.add_parser("destroy", help="delete a stage's stacks (prod needs --force; its database is snapshotted)")
+    destroy.add_argument("--stage", required=True)
+    destroy.add_argument("--force", action="store_true", help="required to destroy prod")
+    destroy.set_defaults(func=cmd_destroy)
     return parser
 
 
@@ -333,8 +382,10 @@ def main(argv: list[str] | None = None) -> int:
         from conveyor.reconciliation.formats import SettlementReportError
         from conveyor.reconciliation.service import ReconciliationError
         from conveyor.services.admin import AdminError
+        from conveyor_tools.deploy.plan import DeployError
 
-        if isinstance(exc, (AdminError, LoadError, FileNotFoundError, SettlementReportError, ReconciliationError)):
+        if isinstance(exc, (AdminError, DeployError, LoadError, FileNotFoundError, SettlementReportError,
+                            ReconciliationError)):
             console.print(f"[red]error:[/red] {exc}")
             return 2
         raise
