@@ -3,9 +3,10 @@
 Routes:
 - GET  /healthz                  the process is alive (needs no database)
 - GET  /readyz                   the database answers
-- POST /api/reconciliations      JSON {"source": "s3://bucket/key" | "/path", "format"?, "cutoff"?, "columns"?},
-                                 or a multipart upload (file field "report", form fields format, cutoff,
-                                 columns as JSON text); columns maps generic fields to other column names.
+- POST /api/reconciliations      JSON {"source": "s3://bucket/key" | "/path", "format"?, "cutoff"?, "columns"?,
+                                 "timezone"?}, or a multipart upload (file field "report", form fields format,
+                                 cutoff, timezone, columns as JSON text); columns maps generic fields to other
+                                 column names, timezone (IANA) places a report's local times
                                  A path must lead to a regular file under CONVEYOR_REPORT_DIR (unset: no
                                  paths): callers must not make the service read its own files
 - GET  /api/reconciliations/ID   a run: status, progress (rows loaded, rows classified) and result, and
@@ -38,7 +39,7 @@ from conveyor.adapters.database import Database, create_engine_for
 from conveyor.console import settings
 from conveyor.observability import describe_error, get_logger, log_failure
 from conveyor.reconciliation.engine import CATEGORIES
-from conveyor.reconciliation.formats import FORMATS, GENERIC_COLUMNS, SettlementReportError
+from conveyor.reconciliation.formats import FORMATS, GENERIC_COLUMNS, SettlementReportError, check_timezone
 from conveyor.reconciliation.jobs import BackgroundRuns, ShuttingDown
 from conveyor.reconciliation.service import (
     DirectConnectionRequired, ReconciliationError, ReconciliationService, RunConflict, direct_connection,
@@ -169,7 +170,7 @@ def create_app(services: Services | None = None) -> Flask:
     def start_reconciliation():
         try:
             command = _start_run_command(services.runs.report_dir)
-            run = services.runs.start(command.report, command.format, command.cutoff, command.columns)
+            run = services.runs.start(command.report, command.format, command.cutoff, command.columns, command.timezone)
         except FileNotFoundError as exc:
             return error(400, "source_not_found", str(exc))
         except SourceRefused as exc:
@@ -237,6 +238,7 @@ class StartRun(NamedTuple):
     format: str | None
     cutoff: datetime | None
     columns: dict[str, str] | None
+    timezone: str | None
     report: SettlementFile
 
 
@@ -262,7 +264,8 @@ def _start_run_command(report_dir: Path | None) -> StartRun:
     format = _format(fields.get("format"))
     cutoff = _cutoff(fields.get("cutoff"))
     columns = _columns(fields.get("columns"))
-    return StartRun(format, cutoff, columns, report_factory())
+    timezone = _timezone(fields.get("timezone"))
+    return StartRun(format, cutoff, columns, timezone, report_factory())
 
 
 def _format(value: Any) -> str | None:
@@ -292,6 +295,16 @@ def _columns(value: Any) -> dict[str, str] | None:
 
 def _is_column_name(name: Any) -> bool:
     return isinstance(name, str) and 0 < len(name.strip()) and len(name) <= MAX_COLUMN_NAME and name.isprintable()
+
+
+def _timezone(value: Any) -> str | None:
+    """An IANA time zone name, checked before the report is read or spooled."""
+    if not value:
+        return None
+    if not isinstance(value, str):
+        raise ReconciliationError('timezone must be an IANA time zone name, e.g. "Europe/Berlin"')
+    check_timezone(value)
+    return value
 
 
 def _cutoff(value: Any) -> datetime | None:

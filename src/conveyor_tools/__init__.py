@@ -1,0 +1,1 @@
+"""Development and operations tooling for Conveyor; the runtime package `conveyor` never imports it."""
