@@ -6,12 +6,13 @@ import uuid
 from contextlib import AbstractContextManager
 from typing import Any
 
-from conveyor.adapters.database import Database
+from conveyor.adapters.database import Database, sqlstate_of
 from conveyor.domain.orders import (
     BatchPlan,
     CatalogItem,
     KnownOrder,
     OrderStatus,
+    PaymentKey,
     Placement,
 )
 
@@ -30,9 +31,20 @@ SELECT json_build_object(
             'id', id, 'client_id', client_id, 'status', status,
             'fingerprint', request_fingerprint))
         FROM orders
-        WHERE id = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST(:order_ids AS jsonb)) AS uuid)))), '[]')
+        WHERE id = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST(:order_ids AS jsonb)) AS uuid)))), '[]'),
+    -- Orders holding the batch's payment references (HOLDS_PAYMENT_REFERENCE). Both columns by
+    -- = ANY probe the (provider, reference) index; a pair the batch did not ask for is ignored.
+    'payment_holders', COALESCE((
+        SELECT json_agg(json_build_array(payment_provider, payment_reference, id))
+        FROM orders
+        WHERE payment_provider = ANY (ARRAY(SELECT jsonb_array_elements_text(CAST(:payment_providers AS jsonb))))
+          AND payment_reference = ANY (ARRAY(SELECT jsonb_array_elements_text(CAST(:payment_references AS jsonb))))
+          AND status IN ('PENDING', 'CONFIRMED')), '[]')
 )::text
 """
+
+# The unique index on held payment references (migration 0004): a concurrent batch took the reference first.
+PAYMENT_REFERENCE_HELD_INDEX = "orders_payment_reference_held"
 
 # One statement applies a whole batch. Each order row is claimed with
 # INSERT .. ON CONFLICT, which sees and locks the latest committed row even when
@@ -208,13 +220,16 @@ class OrderStore:
         return self.database.pinned()
 
     def read_batch_state(
-        self, order_ids: list[uuid.UUID], skus: list[str]
-    ) -> tuple[dict[str, CatalogItem], dict[uuid.UUID, KnownOrder]]:
+        self, order_ids: list[uuid.UUID], skus: list[str], payments: list[PaymentKey]
+    ) -> tuple[dict[str, CatalogItem], dict[uuid.UUID, KnownOrder], dict[PaymentKey, uuid.UUID]]:
+        wanted = set(payments)
         state = self.database.fetch_json(
             READ_BATCH_STATE,
             {
                 "skus": json.dumps(sorted(set(skus))),
                 "order_ids": json.dumps(sorted({str(i) for i in order_ids})),
+                "payment_providers": json.dumps(sorted({provider for provider, _ in wanted})),
+                "payment_references": json.dumps(sorted({reference for _, reference in wanted})),
             },
         )
         catalog = {row["sku"]: CatalogItem(**row) for row in state["catalog"]}
@@ -227,7 +242,12 @@ class OrderStore:
             )
             for row in state["orders"]
         }
-        return catalog, known
+        holders = {
+            (provider, reference): uuid.UUID(order_id)
+            for provider, reference, order_id in state["payment_holders"]
+            if (provider, reference) in wanted
+        }
+        return catalog, known, holders
 
     def apply(self, plan: BatchPlan) -> dict[str, int]:
         return self.database.fetch_json(APPLY_BATCH_PLAN, {"plan": json.dumps(plan_body(plan))})
@@ -263,6 +283,16 @@ class OrderStore:
 
     def find_client(self, key_hash: str) -> dict[str, Any] | None:
         return self.database.fetch_json(FIND_CLIENT, {"key_hash": key_hash})
+
+
+def payment_reference_race(error: BaseException) -> str | None:
+    """Why to decide the batch again, when a concurrent batch took a payment reference this one wanted.
+
+    The statement applied nothing; the next read sees the other order, and the plan rejects this one.
+    """
+    if sqlstate_of(error) == "23505" and PAYMENT_REFERENCE_HELD_INDEX in str(getattr(error, "orig", error)):
+        return "payment reference taken by a concurrent worker"
+    return None
 
 
 def plan_body(plan: BatchPlan) -> dict[str, Any]:
