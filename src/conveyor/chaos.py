@@ -30,7 +30,7 @@ from typing import Any, Callable
 from sqlalchemy.engine import make_url
 
 from conveyor.adapters.database import Database, create_engine_for
-from conveyor.adapters.order_store import APPLY_BATCH_PLAN, OrderStore, plan_body
+from conveyor.adapters.order_store import APPLY_BATCH_PLAN, OrderStore, plan_json
 from conveyor.domain.orders import order_id_for, request_fingerprint
 from conveyor.messages import cancel_message, place_message
 from conveyor.services.admin import create_client, import_catalog
@@ -214,7 +214,7 @@ class NaiveStore(FaultyStore):
         return catalog, {}, payment_holders  # never asks whether a message was already processed
 
     def apply(self, plan):
-        return self.database.fetch_json(NAIVE_APPLY_BATCH_PLAN, {"plan": json.dumps(plan_body(plan))})
+        return self.database.fetch_json(NAIVE_APPLY_BATCH_PLAN, {"plan": plan_json(plan)})
 
 
 # Reserves stock for every planned confirmation, whether or not this delivery inserted the order.
