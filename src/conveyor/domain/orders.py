@@ -79,7 +79,6 @@ class Payment:
         return (self.provider, self.reference)
 
 
-
 @dataclass(frozen=True)
 class PlaceOrder:
     """The worker's view of an accepted POST /orders."""
