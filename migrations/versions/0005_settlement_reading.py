@@ -13,8 +13,8 @@ Create Date: 2026-11-24
 """
 from alembic import op
 
-revision = "0007_settlement_reading"
-down_revision = "0003_generic_column_map"
+revision = "0005_settlement_reading"
+down_revision = "0004_payment_reference"
 branch_labels = None
 depends_on = None
 
