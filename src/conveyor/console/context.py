@@ -46,9 +46,14 @@ def order_service(database: Any) -> OrderService:
 @functools.cache
 def dead_letter_queue() -> SqsDeadLetterQueue:
     import boto3
+    from botocore.exceptions import BotoCoreError
 
-    client = boto3.session.Session().client("sqs", config=CLIENT_CONFIG)
-    return SqsDeadLetterQueue(client, _queue_url(QUEUE_URL_VARIABLE), _queue_url(DLQ_URL_VARIABLE))
+    queue_url, dlq_url = _queue_url(QUEUE_URL_VARIABLE), _queue_url(DLQ_URL_VARIABLE)
+    try:
+        client = boto3.session.Session().client("sqs", config=CLIENT_CONFIG)
+    except BotoCoreError as exc:
+        raise ConfigurationError(f"cannot build an SQS client ({exc}): set AWS_REGION") from None
+    return SqsDeadLetterQueue(client, queue_url, dlq_url)
 
 
 def trusted_proxies() -> int:

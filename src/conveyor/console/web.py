@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hmac
 from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,8 +34,17 @@ class SessionUser(UserMixin):
         self.actor = user.actor
 
 
-class SecureOnHttps(SecureCookieSessionInterface):
-    """The session cookie is Secure whenever the request came over HTTPS."""
+class ConsoleSessions(SecureCookieSessionInterface):
+    """Signed cookie sessions, Secure whenever the request came over HTTPS, with the signing key read
+    on first use (the database may not be up when the app is built)."""
+
+    def __init__(self, secret_key: Callable[[], str]):
+        self._secret_key = secret_key
+
+    def get_signing_serializer(self, app: Flask):
+        if not app.secret_key:
+            app.secret_key = self._secret_key()
+        return super().get_signing_serializer(app)
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return request.is_secure or super().get_cookie_secure(app)
@@ -81,7 +91,7 @@ def install(app: Flask, services: Any) -> None:
 
     if proxies := context.trusted_proxies():
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)  # type: ignore[method-assign]
-    app.session_interface = SecureOnHttps()
+    app.session_interface = ConsoleSessions(lambda: _secret_key(services))
     app.config.update(
         SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_NAME="conveyor_session",
         PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS), WTF_CSRF_CHECK_DEFAULT=False,
@@ -99,12 +109,8 @@ def install(app: Flask, services: Any) -> None:
         return SessionUser(user) if user else None
 
     @app.before_request
-    def secret_key_and_csrf():
-        if request.path.startswith("/api/") or request.path in ("/healthz", "/readyz"):
-            return None
-        if not app.secret_key:
-            app.secret_key = _secret_key(services)
-        if request.method == "POST":
+    def check_csrf():
+        if request.method == "POST" and wants_page():
             csrf.protect()
         return None
 
