@@ -145,7 +145,7 @@ def test_a_stripe_report_is_reconciled_filtered_and_exported(page, stack, new_us
     expect(table).to_contain_text(reference)
     expect(table).not_to_contain_text("pi_unknown_")
     with page.expect_download() as download:
-        page.get_by_role("link", name="Export CSV").click()
+        page.get_by_role("button", name="Export CSV").click()
     rows = list(csv.DictReader(io.StringIO(open(download.value.path(), encoding="utf-8").read())))
     assert [(r["category"], r["payment_reference"]) for r in rows] == [("amount_mismatch", reference)]
     page.get_by_label(re.compile("Note for discrepancy")).first.fill("refund issued by finance")
@@ -168,7 +168,7 @@ def test_a_stock_adjustment_shows_in_the_audit_log(page, stack, new_user, artifa
     entry = page.get_by_role("row").filter(has_text="sku:B-2").first
     expect(entry).to_contain_text("stock.adjust")
     expect(entry).to_contain_text("damaged in the warehouse")
-    expect(entry).to_contain_text(f'"available":{before - 4}')
+    expect(entry).to_contain_text(f'"available": {before - 4}')
     shot(page, artifacts, "audit-log")
     for name, path in (("clients", "/clients"), ("users", "/users"), ("account", "/account")):
         page.goto(path)
