@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, g, render_template, request
+from flask import Flask, g, jsonify, render_template, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager, UserMixin, current_user
 from flask_wtf.csrf import CSRFError, CSRFProtect
@@ -122,8 +122,6 @@ def install(app: Flask, services: Any) -> None:
     @app.errorhandler(Forbidden)
     def forbidden(exc: Forbidden):
         if request.path.startswith("/api/"):
-            from flask import jsonify
-
             return jsonify({"error": {"code": "forbidden", "message": str(exc)}}), 403
         return page_error(403, "Not allowed", str(exc))
 
