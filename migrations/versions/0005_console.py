@@ -98,14 +98,15 @@ UPGRADE = [
     """,
     "ALTER TABLE clients ADD COLUMN revoked_at timestamptz",
     """
+    -- No foreign key, like the discrepancies' own: resolving checks the discrepancy exists, and a
+    -- run's tables stay free to be truncated.
     CREATE TABLE discrepancy_resolutions (
         run_id uuid NOT NULL,
         discrepancy_id bigint NOT NULL,
         note text NOT NULL,
         resolved_by text NOT NULL,
         resolved_at timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (run_id, discrepancy_id),
-        FOREIGN KEY (run_id, discrepancy_id) REFERENCES reconciliation_discrepancies (run_id, id)
+        PRIMARY KEY (run_id, discrepancy_id)
     )
     """,
     # The console searches orders by time across clients and by payment reference alone.
