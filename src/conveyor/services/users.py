@@ -1,6 +1,7 @@
 """Console users: argon2-hashed passwords, throttled sign-in, roles, and per-user API tokens."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -22,8 +23,13 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 TOKEN_PREFIX = "cvu_"
 
 _hasher = PasswordHasher()
-# Verified when the name is unknown, so a wrong name costs as long as a wrong password.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified when the name is unknown, so a wrong name costs as long as a wrong password.
+    Made on first use: hashing takes 64 MiB and tens of milliseconds, not for every worker's import."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 USER_JSON = "json_build_object('id', u.id, 'name', u.name, 'role', u.role, 'disabled', u.disabled_at IS NOT NULL," \
             " 'created_at', u.created_at)"
@@ -194,7 +200,7 @@ def authenticate(database: Database, name: str, password: str, address: str) -> 
                              " minutes, or ask an admin")
     row = state["user"]
     try:
-        _hasher.verify(row["password_hash"] if row else _DUMMY_HASH, password)
+        _hasher.verify(row["password_hash"] if row else _dummy_hash(), password)
         if row is None:
             raise VerificationError()
     except (VerificationError, InvalidHashError):
