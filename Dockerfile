@@ -12,6 +12,12 @@ RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
+# The console's front-end assets, pinned in src/conveyor/console/package-lock.json: built by `npm ci`
+# unless the build context already has them (`make` builds them on the host).
+RUN if [ ! -f src/conveyor/console/static/vendor/htmx.min.js ]; then \
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends npm >/dev/null \
+        && npm ci --prefix src/conveyor/console --no-audit --no-fund --loglevel=error; \
+    fi && test -f src/conveyor/console/static/vendor/pico.min.css
 # chalice (a dependency of the package) requires pip<26.3.
 RUN /opt/venv/bin/pip install --quiet "pip<26.3" && /opt/venv/bin/pip install --quiet . \
     && /opt/venv/bin/python -c "import conveyor.console.wsgi"

@@ -14,9 +14,11 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python bench/worker_throughput.py
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml src/conveyor/console/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	# chalice 1.34 requires pip<26.3
 	$(BIN)/pip install --quiet --disable-pip-version-check "pip<26.3"
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	# The console's front-end assets (pinned in its package-lock.json) into static/vendor/
+	npm ci --prefix src/conveyor/console --no-audit --no-fund --loglevel=error
 	touch $@

@@ -14,7 +14,8 @@ from conveyor.dataapi.server import LocalDataApi
 from conveyor.local.database import disposable_server, scratch_database
 from conveyor.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
 
-TABLES = ("reconciliation_discrepancies", "reconciliation_runs", "order_payment_status",
+TABLES = ("discrepancy_resolutions", "admin_audit", "message_failures", "console_api_tokens", "console_login_failures",
+          "console_users", "reconciliation_discrepancies", "reconciliation_runs", "order_payment_status",
           "order_events", "order_lines", "orders", "catalog", "clients")
 
 

@@ -8,7 +8,7 @@ from chalice import Chalice
 
 from conveyor import bootstrap
 from conveyor.dataapi.client import retry_budget
-from conveyor.observability import CORRELATION_ATTRIBUTE, publish_batch_metrics
+from conveyor.observability import CORRELATION_ATTRIBUTE, get_logger, publish_batch_metrics
 from conveyor.services.processing import QueueRecord
 
 # The queue's redrive maxReceiveCount: a failure on that receive is a DLQ send.
@@ -38,6 +38,17 @@ def handle_orders(event):
               if event.context else nullcontext())
     with budget:
         result = bootstrap.batch_processor().process(records)
+        record_failure_reasons(result.failure_reasons, {r.message_id: r.receive_count for r in records})
     publish_batch_metrics(result, {r.message_id: r.receive_count for r in records}, MAX_RECEIVE_COUNT)
     # Needs ReportBatchItemFailures on the event source mapping (added in infra/, Chalice cannot).
     return {"batchItemFailures": [{"itemIdentifier": i} for i in result.failed_message_ids]}
+
+
+def record_failure_reasons(reasons: dict[str, str], receive_counts: dict[str, int]) -> None:
+    """Why each failed message failed, for the console's dead letters; one extra statement, only on failure."""
+    if not reasons:
+        return
+    try:
+        bootstrap.failure_log().record(reasons, receive_counts)
+    except Exception as exc:  # noqa: BLE001 - the database may be what failed the batch; SQS redelivers anyway
+        get_logger("conveyor-worker").warning("failure reasons not recorded", extra={"reason": str(exc)[:300]})

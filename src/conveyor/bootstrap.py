@@ -9,6 +9,7 @@ from conveyor.adapters.order_store import OrderStore
 from conveyor.adapters.queue import OrdersQueue
 from conveyor.dataapi.client import RESOURCE_ARN_VARIABLE, DataApiDatabase
 from conveyor.observability import get_logger
+from conveyor.services.dead_letters import FailureLog
 from conveyor.services.ordering import Authenticator, OrderService
 from conveyor.services.processing import BatchProcessor
 
@@ -54,7 +55,12 @@ def batch_processor() -> BatchProcessor:
     return BatchProcessor(order_store(), get_logger("conveyor-worker"))
 
 
+@functools.cache
+def failure_log() -> FailureLog:
+    return FailureLog(database())
+
+
 def reset() -> None:
     """Forget built services, e.g. after the environment changed in a test."""
-    for factory in (database, order_store, order_service, authenticator, batch_processor):
+    for factory in (database, order_store, order_service, authenticator, batch_processor, failure_log):
         factory.cache_clear()

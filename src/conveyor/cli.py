@@ -49,32 +49,112 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _api_key_registry():
-    """API Gateway's usage plan when the stage runs on AWS (CONVEYOR_USAGE_PLAN_ID, printed by conveyor deploy)."""
-    import os
+def _cli_actor():
+    """Whoever runs the CLI holds the database's credentials: an admin, named in the audit log."""
+    import getpass
 
-    usage_plan_id = os.environ.get("CONVEYOR_USAGE_PLAN_ID")
-    if not usage_plan_id:
-        return None
-    from conveyor.adapters.api_keys import ApiGatewayKeys
+    from conveyor.services.access import Actor, Role
 
-    return ApiGatewayKeys(usage_plan_id)
+    return Actor(name=f"cli:{getpass.getuser()}", role=Role.ADMIN)
 
 
 def cmd_clients_create(args: argparse.Namespace) -> int:
-    from conveyor.services.admin import create_client
+    from conveyor.adapters.api_keys import api_key_registry
+    from conveyor.services import clients
 
-    client = create_client(_database(), args.name, registry=_api_key_registry())
+    client = clients.create(_database(), _cli_actor(), args.name, registry=api_key_registry())
     console.print(f"created client {client.name} ({client.id}). Its API key is shown once:")
     print(client.api_key)
     return 0
 
 
 def cmd_clients_revoke(args: argparse.Namespace) -> int:
-    from conveyor.services.admin import revoke_client
+    from conveyor.adapters.api_keys import api_key_registry
+    from conveyor.services import clients
 
-    revoke_client(_database(), args.name, registry=_api_key_registry())
-    console.print(f"revoked client {args.name}: its API key no longer works")
+    name = clients.revoke(_database(), _cli_actor(), args.client, args.reason, registry=api_key_registry())
+    console.print(f"revoked client {name}: its API key no longer works")
+    return 0
+
+
+def _read_password() -> str:
+    import getpass
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise ValueError("the passwords differ; run the command again")
+        return password
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_console_users_create(args: argparse.Namespace) -> int:
+    from conveyor.services.access import Role
+    from conveyor.services.users import create_user
+
+    user = create_user(_database(), _cli_actor(), args.name, Role.parse(args.role), _read_password())
+    console.print(f"created console user {user['name']} ({user['role']})")
+    return 0
+
+
+def _dead_letter_queue():
+    """The DLQ from ORDERS_QUEUE_URL and ORDERS_DLQ_URL, or else the running `conveyor dev` stack's."""
+    import os
+
+    from conveyor.adapters.dead_letter_queue import SqsDeadLetterQueue
+    from conveyor.local.database import state_dir
+    from conveyor.local.sqs import sqs_client
+
+    queue_url, dlq_url, endpoint = (os.environ.get("ORDERS_QUEUE_URL"), os.environ.get("ORDERS_DLQ_URL"),
+                                    os.environ.get("AWS_ENDPOINT_URL_SQS"))
+    if not (queue_url and dlq_url):
+        stack_file = state_dir() / "stack.json"
+        if not stack_file.exists():
+            raise ValueError("set ORDERS_QUEUE_URL and ORDERS_DLQ_URL, or start `conveyor dev` in this folder")
+        stack = json.loads(stack_file.read_text())
+        queue_url, dlq_url, endpoint = stack["queue_url"], stack["dlq_url"], stack["sqs_endpoint"]
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return SqsDeadLetterQueue(sqs_client(endpoint, region), queue_url, dlq_url)
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    from conveyor.services.dead_letters import list_dead_letters
+
+    messages = list_dead_letters(_dead_letter_queue(), _database(), _cli_actor(), limit=args.limit)
+    for message in messages:
+        print(json.dumps({**message, "sent_at": message["sent_at"] and message["sent_at"].isoformat(),
+                          "body": message["body"]}, default=str))
+    console.print(f"{len(messages)} dead-lettered message(s)")
+    return 0
+
+
+def _chosen(args: argparse.Namespace) -> set[str] | None:
+    if args.all == bool(args.message_ids):
+        raise ValueError("name the message ids, or pass --all (not both)")
+    return None if args.all else set(args.message_ids)
+
+
+def cmd_dlq_redrive(args: argparse.Namespace) -> int:
+    from conveyor.services.dead_letters import redrive
+
+    moved = redrive(_dead_letter_queue(), _database(), _cli_actor(), _chosen(args), args.reason)
+    console.print(f"redrove {len(moved)} message(s) to the orders queue")
+    return 0
+
+
+def cmd_dlq_delete(args: argparse.Namespace) -> int:
+    from conveyor.services.dead_letters import delete
+
+    ids = _chosen(args)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ValueError("deleting needs --yes when there is no terminal to confirm on")
+        what = "ALL dead letters" if ids is None else f"{len(ids)} message(s)"
+        if input(f"delete {what} for good? type yes: ").strip() != "yes":
+            console.print("nothing deleted")
+            return 1
+    deleted = delete(_dead_letter_queue(), _database(), _cli_actor(), ids, args.reason)
+    console.print(f"deleted {len(deleted)} message(s)")
     return 0
 
 
@@ -302,8 +382,32 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.set_defaults(func=cmd_clients_create)
     revoke = clients.add_parser("revoke", help="stop a client's API key working (and remove it from API Gateway)")
-    revoke.add_argument("name")
+    revoke.add_argument("client", help="the client's name or id")
+    revoke.add_argument("--reason", help="recorded in the admin audit log")
     revoke.set_defaults(func=cmd_clients_revoke)
+
+    console_cmd = commands.add_parser("console", help="manage the admin console").add_subparsers(
+        dest="area", required=True)
+    console_users = console_cmd.add_parser("users", help="console users").add_subparsers(dest="action", required=True)
+    user_create = console_users.add_parser(
+        "create", help="create a console user; the password is read from a prompt, or from stdin without a terminal")
+    user_create.add_argument("name")
+    user_create.add_argument("--role", choices=["viewer", "operator", "admin"], required=True)
+    user_create.set_defaults(func=cmd_console_users_create)
+
+    dlq = commands.add_parser("dlq", help="dead-lettered order messages").add_subparsers(dest="action", required=True)
+    dlq_list = dlq.add_parser("list", help="one JSON line per message: body, receive count, recorded reason")
+    dlq_list.add_argument("--limit", type=int, default=100)
+    dlq_list.set_defaults(func=cmd_dlq_list)
+    for name, func, text in (("redrive", cmd_dlq_redrive, "send messages back to the orders queue"),
+                             ("delete", cmd_dlq_delete, "delete messages for good (asks to confirm)")):
+        action = dlq.add_parser(name, help=text)
+        action.add_argument("message_ids", nargs="*", metavar="MESSAGE_ID")
+        action.add_argument("--all", action="store_true", help="every message in the DLQ")
+        action.add_argument("--reason", required=name == "delete", help="recorded in the admin audit log")
+        if name == "delete":
+            action.add_argument("--yes", action="store_true", help="do not ask to confirm")
+        action.set_defaults(func=func)
 
     catalog = commands.add_parser("catalog", help="manage the catalog").add_subparsers(dest="action", required=True)
     importer = catalog.add_parser("import", help="insert or update items from a CSV: sku,name,currency,unit_price,stock")
@@ -382,11 +486,14 @@ def main(argv: list[str] | None = None) -> int:
         from conveyor.reconciliation.formats import SettlementReportError
         from conveyor.reconciliation.service import ReconciliationError
         from conveyor.reconciliation.sources import SourceRefused, SourceUnreadable
+        from conveyor.adapters.dead_letter_queue import QueueError
+        from conveyor.services.access import Forbidden
         from conveyor.services.admin import AdminError
         from conveyor_tools.deploy.plan import DeployError
 
+        # ValueError covers the services' own input errors (users, dead letters, stock).
         if isinstance(exc, (AdminError, DeployError, LoadError, FileNotFoundError, SettlementReportError,
-                            ReconciliationError, SourceRefused, SourceUnreadable)):
+                            ReconciliationError, SourceRefused, SourceUnreadable, ValueError, QueueError, Forbidden)):
             console.print(f"[red]error:[/red] {exc}")
             return 2
         raise

@@ -1,4 +1,4 @@
-"""Clients' API keys in API Gateway's usage plan (moto), and the client service around them."""
+"""Clients' API keys in API Gateway's usage plan (moto), and the client service around them (real PostgreSQL)."""
 from __future__ import annotations
 
 import boto3
@@ -7,7 +7,11 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from conveyor.adapters.api_keys import ApiGatewayKeys
-from conveyor.services.admin import AdminError, create_client, revoke_client
+from conveyor.services import clients
+from conveyor.services.access import Actor, Role
+from conveyor.services.admin import AdminError
+
+ADMIN = Actor(name="root-admin", role=Role.ADMIN)
 
 
 @pytest.fixture
@@ -23,39 +27,32 @@ def gateway(monkeypatch):
         yield client, plan["id"]
 
 
-class RecordingDatabase:
-    """Stands in for the clients table: counts rows by name."""
-
-    def __init__(self):
-        self.active: dict[str, str] = {}
-        self.statements: list[str] = []
-
-    def execute(self, sql: str, params: dict) -> int:
-        self.statements.append(sql.split()[0])
-        if sql.lstrip().startswith("INSERT"):
-            if params["name"] in self.active:
-                return 0
-            self.active[params["name"]] = params["id"]
-            return 1
-        if sql.lstrip().startswith("DELETE"):
-            self.active = {n: i for n, i in self.active.items() if i != params["id"]}
-            return 1
-        return 1 if self.active.pop(params["name"], None) else 0
+def plan_members(client, plan_id: str) -> list[tuple[str, str]]:
+    return [(m["name"], m["value"]) for m in client.get_usage_plan_keys(usagePlanId=plan_id)["items"]]
 
 
-def test_create_puts_the_same_key_in_the_usage_plan_and_revoke_removes_it(gateway):
+def test_create_puts_the_same_key_in_the_usage_plan_and_revoke_removes_it(gateway, database):
     client, plan_id = gateway
     keys = ApiGatewayKeys(plan_id, client)
-    database = RecordingDatabase()
-    created = create_client(database, "acme", registry=keys)
-    members = client.get_usage_plan_keys(usagePlanId=plan_id)["items"]
-    assert [(m["name"], m["value"]) for m in members] == [("acme", created.api_key)]
+    created = clients.create(database, ADMIN, "acme", registry=keys)
+    assert plan_members(client, plan_id) == [("acme", created.api_key)]
 
-    revoke_client(database, "acme", registry=keys)
+    assert clients.revoke(database, ADMIN, "acme", "contract ended", registry=keys) == "acme"
     assert client.get_usage_plan_keys(usagePlanId=plan_id)["items"] == []
     assert client.get_api_keys()["items"] == []
-    with pytest.raises(AdminError, match="no active client named 'acme'"):
-        revoke_client(database, "acme", registry=keys)
+    with pytest.raises(AdminError, match="no active client 'acme'"):
+        clients.revoke(database, ADMIN, "acme", registry=keys)
+
+
+def test_rotate_replaces_the_key_in_the_usage_plan(gateway, database):
+    client, plan_id = gateway
+    keys = ApiGatewayKeys(plan_id, client)
+    created = clients.create(database, ADMIN, "acme", registry=keys)
+
+    rotated = clients.rotate(database, ADMIN, str(created.id), "leaked in a log", registry=keys)
+
+    assert rotated.api_key != created.api_key
+    assert plan_members(client, plan_id) == [("acme", rotated.api_key)]
 
 
 class PlanRefusingKeys:
@@ -72,17 +69,15 @@ class PlanRefusingKeys:
                           "CreateUsagePlanKey")
 
 
-def test_a_key_the_gateway_refuses_leaves_no_client_behind(gateway):
+def test_a_key_the_gateway_refuses_leaves_no_client_behind(gateway, database):
     client, _ = gateway
-    database = RecordingDatabase()
     with pytest.raises(AdminError, match=r"NotFoundException\); check CONVEYOR_USAGE_PLAN_ID=no-such-plan"):
-        create_client(database, "acme", registry=ApiGatewayKeys("no-such-plan", PlanRefusingKeys(client)))
-    assert database.active == {}
+        clients.create(database, ADMIN, "acme", registry=ApiGatewayKeys("no-such-plan", PlanRefusingKeys(client)))
+    assert clients.list_clients(database, ADMIN) == []
     assert client.get_api_keys()["items"] == []  # the key made before the plan refused it is gone
 
 
-def test_without_a_gateway_the_service_works_on_the_table_alone():
-    database = RecordingDatabase()
-    create_client(database, "local")
-    revoke_client(database, "local")
-    assert database.statements == ["INSERT", "UPDATE"]
+def test_without_a_gateway_the_service_works_on_the_table_alone(database):
+    created = clients.create(database, ADMIN, "local")
+    clients.revoke(database, ADMIN, str(created.id))
+    assert [c["revoked_at"] is not None for c in clients.list_clients(database, ADMIN)] == [True]

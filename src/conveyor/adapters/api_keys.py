@@ -1,10 +1,18 @@
 """Clients' API keys in API Gateway: each key joins the usage plan that throttles it."""
 from __future__ import annotations
 
+import os
+
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from conveyor.services.admin import AdminError
+
+
+def api_key_registry() -> ApiGatewayKeys | None:
+    """API Gateway's usage plan when the stage runs on AWS (CONVEYOR_USAGE_PLAN_ID, printed by conveyor deploy)."""
+    usage_plan_id = os.environ.get("CONVEYOR_USAGE_PLAN_ID")
+    return ApiGatewayKeys(usage_plan_id) if usage_plan_id else None
 
 
 class ApiGatewayKeys:

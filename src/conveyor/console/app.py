@@ -18,12 +18,12 @@ Routes:
 When the background runs are built (at a gunicorn worker's start, see `Services.start`),
 runs orphaned by a process that died are recovered in the background (`jobs.BackgroundRuns.recover`).
 
-/api/* needs `Authorization: Bearer $CONSOLE_ADMIN_TOKEN`; without that variable the API is closed.
+/api/* needs `Authorization: Bearer TOKEN`: a console user's API token (created at /account; a viewer's
+token only reads), or $CONSOLE_ADMIN_TOKEN when set. Every other path is a web page (see web.py).
 """
 from __future__ import annotations
 
 import functools
-import hmac
 import json
 import threading
 import uuid
@@ -32,11 +32,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from conveyor.adapters.database import Database, create_engine_for
-from conveyor.console import settings
+from conveyor.console import settings, web
 from conveyor.observability import describe_error, get_logger, log_failure
 from conveyor.reconciliation.engine import CATEGORIES
 from conveyor.reconciliation.formats import FORMATS, GENERIC_COLUMNS, SettlementReportError, check_timezone
@@ -47,6 +47,7 @@ from conveyor.reconciliation.service import (
 from conveyor.reconciliation.sources import (
     SettlementFile, SourceRefused, SourceUnreadable, open_offered_source, spool, upload_source,
 )
+from conveyor.services.access import Role
 
 MAX_DISCREPANCIES_PAGE = 1000
 MAX_DISCREPANCY_ID = 2**63 - 1  # bigint
@@ -127,6 +128,8 @@ def create_app(services: Services | None = None) -> Flask:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
+        if web.wants_page():
+            return web.page_error(exc.code or 500, exc.name, exc.description or exc.name)
         return error(exc.code or 500, exc.name.lower().replace(" ", "_"), exc.description or exc.name)
 
     @app.errorhandler(settings.ConfigurationError)
@@ -140,18 +143,22 @@ def create_app(services: Services | None = None) -> Flask:
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
         log_failure(logger, "request failed", exc, path=request.path)
+        if web.wants_page():
+            return web.page_error(500, "Something went wrong", "The request failed unexpectedly; try again, and"
+                                  " check the service logs.")
         return error(500, "internal_error", "the request failed unexpectedly; try again, and check the service logs")
 
     @app.before_request
     def authenticate():
         if not request.path.startswith("/api/"):
             return None
-        token = settings.admin_token()
-        if token is None:
-            return error(503, "not_configured", f"the admin API is closed: set {settings.ADMIN_TOKEN_VARIABLE}")
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            return error(401, "unauthorized", "send the admin token as 'Authorization: Bearer TOKEN'")
+        actor = web.bearer_actor(request.headers.get("Authorization", ""))
+        if actor is None:
+            return error(401, "unauthorized", "send your API token (from /account) or the admin token as"
+                         " 'Authorization: Bearer TOKEN'")
+        if request.method != "GET" and not actor.can(Role.OPERATOR):
+            return error(403, "forbidden", f"{actor.name} is a viewer: starting or restarting runs needs the operator role")
+        g.api_actor = actor
         return None
 
     @app.get("/healthz")
@@ -231,6 +238,7 @@ def create_app(services: Services | None = None) -> Flask:
         page = service.discrepancies(run_id, category, after=after, limit=limit)
         return jsonify({"discrepancies": page, "next_after": page[-1]["id"] if len(page) == limit else None})
 
+    web.install(app, services)
     return app
 
 

@@ -24,11 +24,14 @@ from conveyor.local.event_source import SqsEventSourceMapping
 from conveyor.local.sqs import LocalSqs, free_port
 from conveyor.migrations_runner import upgrade
 from conveyor.observability import CORRELATION_HEADER, get_logger
+from conveyor.services.access import Actor, Role
 from conveyor.services.admin import AdminError, create_client, import_catalog
+from conveyor.services.users import create_user, has_users
 
 LOCAL_CLUSTER_ARN = "arn:aws:rds:us-east-1:000000000000:cluster:conveyor-local"
 LOCAL_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:000000000000:secret:conveyor-local"
 DEMO_CLIENT = "demo"
+FIRST_ADMIN = "admin"
 DEMO_CATALOG = [
     {"sku": "A-1", "name": "Espresso beans 1 kg", "currency": "USD", "unit_price": 1000, "stock": 1_000_000},
     {"sku": "B-2", "name": "Pour-over kettle", "currency": "USD", "unit_price": 4500, "stock": 1_000_000},
@@ -89,6 +92,19 @@ def console_admin_token(directory: Path) -> str:
         token_file.write_text("cvt_" + secrets.token_urlsafe(24) + "\n")
         token_file.chmod(0o600)
     return token_file.read_text().strip()
+
+
+def first_console_admin(database: Database, directory: Path) -> str | None:
+    """On first start, an admin for the console; its password is returned (to print) once, and kept
+    in the state folder like the demo key."""
+    if has_users(database):
+        return None
+    password = secrets.token_urlsafe(15)
+    create_user(database, Actor(name="conveyor-dev", role=Role.ADMIN), FIRST_ADMIN, Role.ADMIN, password)
+    password_file = directory / "console-admin-password"
+    password_file.write_text(password + "\n")
+    password_file.chmod(0o600)
+    return password
 
 
 def seed_catalog(database: Database) -> None:
@@ -160,6 +176,8 @@ class LocalStack:
         say("migrations applied")
         admin_db = Database(create_engine_for(database_url, pool_size=1))
         self.api_key = demo_api_key(admin_db, self.directory)
+        if password := first_console_admin(admin_db, self.directory):
+            say(f"console user {FIRST_ADMIN} created; its password is shown once: {password}")
         seed_catalog(admin_db)
         admin_db.dispose()
 
@@ -177,16 +195,21 @@ class LocalStack:
             )
             say(f"RDS Data API on {data_api.endpoint_url} in front of PostgreSQL (opt out: --direct-database)")
 
-        console = start_console(database_url, port=self.settings.console_port or free_port(),
-                                admin_token=console_admin_token(self.directory))
-        self._stops.append(console.stop)
-        self.console_url = console.url
-        say(f"console and reconciliation service (gunicorn) on {console.url}: "
-            f"Authorization: Bearer {console.admin_token}")
-
         self.sqs = LocalSqs(port=self.settings.sqs_port, visibility_timeout=self.settings.visibility_timeout).start()
         self._stops.append(self.sqs.stop)
         say(f"SQS (moto) on {self.sqs.endpoint_url}: {self.sqs.queue_url}, DLQ {self.sqs.dlq_url}")
+
+        console = start_console(database_url, port=self.settings.console_port or free_port(),
+                                admin_token=console_admin_token(self.directory),
+                                environment={"ORDERS_QUEUE_URL": self.sqs.queue_url, "ORDERS_DLQ_URL": self.sqs.dlq_url,
+                                             "AWS_ENDPOINT_URL_SQS": self.sqs.endpoint_url,
+                                             "AWS_DEFAULT_REGION": self.sqs.region,
+                                             "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "test"),
+                                             "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "test")})
+        self._stops.append(console.stop)
+        self.console_url = console.url
+        say(f"console on {console.url}/ (sign in as {FIRST_ADMIN}); its JSON API takes"
+            f" Authorization: Bearer {console.admin_token}")
         # The same variables a Lambda function has on AWS; boto3 reads AWS_ENDPOINT_URL_SQS itself.
         self._set_environment(
             **database_environment,

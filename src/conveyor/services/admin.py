@@ -22,11 +22,6 @@ ON CONFLICT (name) DO NOTHING
 """
 
 # A revoked client keeps its row (its orders reference it); no SHA-256 hex digest equals this hash.
-REVOKE_CLIENT = """
-UPDATE clients SET api_key_hash = 'revoked:' || id::text
-WHERE name = :name AND left(api_key_hash, 8) <> 'revoked:'
-"""
-
 UPSERT_CATALOG = """
 INSERT INTO catalog AS c (sku, name, currency, unit_price, stock_available)
 SELECT sku, name, currency, unit_price, stock
@@ -80,14 +75,6 @@ def create_client(database: Database, name: str, api_key: str | None = None,
             database.execute("DELETE FROM clients WHERE id = CAST(:id AS uuid)", {"id": str(client.id)})
             raise
     return client
-
-
-def revoke_client(database: Database, name: str, registry: ApiKeyRegistry | None = None) -> None:
-    """Stop a client's key working: removed from the gateway, its hash replaced so nothing matches it."""
-    revoked = database.execute(REVOKE_CLIENT, {"name": name})
-    removed = registry.revoke(name) if registry is not None else 0
-    if revoked == 0 and removed == 0:
-        raise AdminError(f"no active client named {name!r}; nothing to revoke")
 
 
 def read_catalog_csv(path: Path) -> list[dict]:
