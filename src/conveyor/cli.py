@@ -228,6 +228,18 @@ def cmd_dataapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_package(args: argparse.Namespace) -> int:
+    from conveyor_tools.packaging import MAX_PACKAGE_BYTES, build_lambda_packages
+
+    packages = build_lambda_packages(Path(args.out), stage=args.stage,
+                                     progress=lambda text: console.print(text, soft_wrap=True, markup=False))
+    sizes = {app: (path / "deployment.zip").stat().st_size for app, path in packages.items()}
+    print(json.dumps({"packages": {app: str(path) for app, path in packages.items()}, "zip_bytes": sizes,
+                      "within_budget": all(size <= MAX_PACKAGE_BYTES for size in sizes.values())},
+                     separators=(",", ":")))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -294,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     dataapi.add_argument("--cluster-arn", action="append", help="accept only this cluster ARN (repeatable)")
     dataapi.add_argument("--secret-arn", action="append", help="accept only this secret ARN (repeatable)")
     dataapi.set_defaults(func=cmd_dataapi)
+
+    package = commands.add_parser("package", help="build the API's and the worker's Lambda packages and templates"
+                                  " (chalice package): OUT/api and OUT/worker, each deployment.zip + sam.json")
+    package.add_argument("--out", required=True, help="folder to write them into")
+    package.add_argument("--stage", default="dev", help="Chalice stage in .chalice/config.json (default dev)")
+    package.set_defaults(func=cmd_package)
     return parser
 
 
@@ -308,8 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         from conveyor.reconciliation.formats import SettlementReportError
         from conveyor.reconciliation.service import ReconciliationError
         from conveyor.services.admin import AdminError
+        from conveyor_tools.packaging import PackagingError
 
-        if isinstance(exc, (AdminError, LoadError, FileNotFoundError, SettlementReportError, ReconciliationError)):
+        if isinstance(exc, (AdminError, LoadError, FileNotFoundError, SettlementReportError, ReconciliationError,
+                            PackagingError)):
             console.print(f"[red]error:[/red] {exc}")
             return 2
         raise
