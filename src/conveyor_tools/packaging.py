@@ -17,7 +17,8 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from importlib import metadata
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -211,3 +212,32 @@ def build_lambda_packages(out_dir: Path, *, stage: str = "dev",
                                    progress)
                   for app in APPS}
         return {app: build.result() for app, build in builds.items()}
+
+
+def _distribution_closure(names: Iterable[str]) -> list[metadata.Distribution]:
+    """The installed distributions `names` need, themselves included, without optional extras."""
+    found: dict[str, metadata.Distribution] = {}
+    pending = list(names)
+    while pending:
+        name = requirement_name(pending.pop())
+        if name in found:
+            continue
+        found[name] = metadata.distribution(name)
+        for requirement in found[name].requires or []:
+            requirement_text, _, marker = requirement.partition(";")
+            if "extra" not in marker:  # an optional feature's requirement
+                pending.append(requirement_text)
+    return list(found.values())
+
+
+def stage_lambda_runtime_libraries(target: Path) -> Path:
+    """Copy boto3, botocore and what they need from this environment into target: what Lambda puts beside a package."""
+    for distribution in _distribution_closure(PROVIDED_BY_LAMBDA):
+        for file in distribution.files or []:
+            source = Path(distribution.locate_file(file))
+            if file.parts[0] in ("..", "") or "__pycache__" in file.parts or not source.is_file():
+                continue  # scripts installed outside site-packages, and bytecode
+            destination = target / file
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination)
+    return target
