@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test bench
+.PHONY: dev test bench package
 
 dev: $(VENV)/.installed
 	$(BIN)/conveyor dev
@@ -13,6 +13,9 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/worker_throughput.py
+
+package: $(VENV)/.installed
+	$(BIN)/conveyor package --out out
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
