@@ -33,6 +33,7 @@ default_ulimits = ["nofile={nofile}:{nofile}", "nproc=32768:32768"]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+tmp_dir = "{tmp_dir}"
 """
 REPORT = ("balance_transaction_id,created_utc,currency,gross,fee,net,reporting_category,charge_id,payment_intent_id\r\n"
           "txn_1,2026-10-02 09:00:00,jpy,5000,180,4820,charge,ch_1,pi_container_1\r\n").encode()
@@ -50,7 +51,8 @@ class Podman:
         nofile = min(20000, int(subprocess.run(["sh", "-c", "ulimit -Hn"], capture_output=True, text=True).stdout.strip()
                                 or 20000))
         conf = directory / "containers.conf"
-        conf.write_text(CONTAINERS_CONF.format(nofile=nofile))
+        # podman's state under this folder only: another podman's `system reset` empties the shared /run/libpod.
+        conf.write_text(CONTAINERS_CONF.format(nofile=nofile, tmp_dir=directory / "tmp"))
         self.env = {**os.environ, "CONTAINERS_CONF": str(conf)}
         self.prefix = ["podman", "--root", str(directory / "root"), "--runroot", str(directory / "runroot")]
 
@@ -171,7 +173,7 @@ def test_the_container_answers_health_and_runs_a_reconciliation(image, database,
             try:
                 health = requests.get(f"{base}/healthz", timeout=2)
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # starting, or slow on a busy machine
                 if time.monotonic() > deadline:
                     raise AssertionError(image("logs", name, check=False).stdout[-3000:]) from None
                 time.sleep(0.5)
