@@ -84,7 +84,7 @@ def handled(route):
     return wrapper
 
 
-@app.route("/orders", methods=["POST"], content_types=["application/json"])
+@app.route("/orders", methods=["POST"], api_key_required=True, content_types=["application/json"])
 @handled
 def place_order(client, correlation_id):
     request = app.current_request
@@ -94,7 +94,7 @@ def place_order(client, correlation_id):
     return 202, accepted, {"Location": f"/orders/{accepted['order_id']}"}
 
 
-@app.route("/orders", methods=["GET"])
+@app.route("/orders", methods=["GET"], api_key_required=True)
 @handled
 def list_orders(client, correlation_id):
     query = app.current_request.query_params or {}
@@ -104,13 +104,13 @@ def list_orders(client, correlation_id):
     return 200, page, None
 
 
-@app.route("/orders/{order_id}", methods=["GET"])
+@app.route("/orders/{order_id}", methods=["GET"], api_key_required=True)
 @handled
 def get_order(client, correlation_id, order_id):
     return 200, bootstrap.order_service().get_order(client, order_id), None
 
 
-@app.route("/orders/{order_id}/cancel", methods=["POST"])
+@app.route("/orders/{order_id}/cancel", methods=["POST"], api_key_required=True)
 @handled
 def cancel_order(client, correlation_id, order_id):
     accepted = bootstrap.order_service().request_cancel(client, order_id, correlation_id)

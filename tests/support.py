@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import IO
 from datetime import UTC, datetime
 
 import requests
@@ -84,6 +86,45 @@ def eventually(check: Callable[[], object], timeout: float = 15.0, what: str = "
         assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
         time.sleep(0.02)
     return result
+
+
+class OutputLines:
+    """The lines a child process writes to a pipe, read by a thread so a test can wait for one."""
+
+    def __init__(self, stream: IO[str]):
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            with self._lock:
+                self._lines.append(line.rstrip("\n"))
+
+    @property
+    def lines(self) -> list[str]:
+        with self._lock:
+            return list(self._lines)
+
+    def wait_for_log(self, message: str, timeout: float = 15.0, **fields: object) -> dict:
+        """The first JSON log line with this message (and these fields), once the process has written it."""
+        def logged() -> dict | None:
+            for line in self.lines:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and record.get("message") == message and \
+                        all(record.get(name) == value for name, value in fields.items()):
+                    return record
+            return None
+        return eventually(logged, timeout, f"the log line {message!r}")
+
+    def finished(self, timeout: float = 10.0) -> str:
+        """All the text, once the process has closed the pipe."""
+        self._reader.join(timeout)
+        return "\n".join(self.lines)
 
 
 def finished_run(read: Callable[[], dict], timeout: float = 15.0) -> dict:

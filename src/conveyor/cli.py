@@ -49,12 +49,32 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api_key_registry():
+    """API Gateway's usage plan when the stage runs on AWS (CONVEYOR_USAGE_PLAN_ID, printed by conveyor deploy)."""
+    import os
+
+    usage_plan_id = os.environ.get("CONVEYOR_USAGE_PLAN_ID")
+    if not usage_plan_id:
+        return None
+    from conveyor.adapters.api_keys import ApiGatewayKeys
+
+    return ApiGatewayKeys(usage_plan_id)
+
+
 def cmd_clients_create(args: argparse.Namespace) -> int:
     from conveyor.services.admin import create_client
 
-    client = create_client(_database(), args.name)
+    client = create_client(_database(), args.name, registry=_api_key_registry())
     console.print(f"created client {client.name} ({client.id}). Its API key is shown once:")
     print(client.api_key)
+    return 0
+
+
+def cmd_clients_revoke(args: argparse.Namespace) -> int:
+    from conveyor.services.admin import revoke_client
+
+    revoke_client(_database(), args.name, registry=_api_key_registry())
+    console.print(f"revoked client {args.name}: its API key no longer works")
     return 0
 
 
@@ -138,6 +158,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import ProgrammingError
 
     from conveyor.reconciliation.engine import CATEGORIES
+    from conveyor.reconciliation.formats import check_timezone
     from conveyor.reconciliation.service import (
         ReconciliationError, ReconciliationService, RunClaims, direct_connection,
     )
@@ -147,6 +168,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         cutoff = datetime.fromisoformat(args.cutoff) if args.cutoff else None
     except ValueError:
         raise ReconciliationError(f"--cutoff {args.cutoff!r} is not an ISO 8601 time such as 2026-10-31T23:59:59+00:00") from None
+    check_timezone(args.timezone)
     database = _database(connections=3)  # the run's, its claim's, and one for progress
     # Its JSON logs go to stderr: stdout carries only the final JSON line.
     logger = Logger(service="conveyor-reconciliation", level=os.environ.get("LOG_LEVEL", "INFO"),
@@ -157,13 +179,16 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     report = open_source(args.source)
     try:
         try:
-            run, claimed = service.submit_claimed(report, args.format, cutoff, claims, _column_map(args.map))
+            run, claimed = service.submit_claimed(report, args.format, cutoff, claims, _column_map(args.map),
+                                                  args.timezone)
         except ProgrammingError as exc:
             if isinstance(exc.orig, psycopg.errors.UndefinedTable):
                 raise ReconciliationError("this database has no reconciliation tables yet: run `conveyor migrate`"
                                           " first") from None
             raise
         if not claimed and run["status"] != "COMPLETED":
+            # The spinner shows only on a terminal; the log line tells scripts (and tests) it is waiting.
+            logger.info("waiting for the process that executes the run", extra={"run_id": run["id"]})
             with console.status(f"run {run['id']} is being executed by another process; waiting for it"):
                 while run["status"] not in ("COMPLETED", "FAILED") and not run["orphaned"]:
                     time.sleep(1)
@@ -194,11 +219,26 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     if run["status"] != "COMPLETED":
         console.print(f"[red]error:[/red] reconciliation {run['id']} {run['status'].lower()}: {run['error']}")
         return 1
-    console.print(f"run {run['id']}: {run['rows_loaded']:,} rows, cutoff {run['cutoff']}")
+    console.print(f"run {run['id']}: {run['rows_loaded']:,} rows, cutoff {run['cutoff']}", soft_wrap=True)
+    _warn_about(run)
     summary = {category: run["counts"][category] for category in CATEGORIES}
     print(json.dumps({**summary, "totals": run["totals"], "run_id": run["id"], "format": run["format"],
-                      "rows": run["rows_loaded"]}, separators=(",", ":")))
+                      "rows": run["rows_loaded"], "unmapped_types": run["unmapped_types"] or {},
+                      "inconsistent_rows": run["inconsistent_rows"]}, separators=(",", ":")))
     return 0
+
+
+def _warn_about(run: dict) -> None:
+    """What reading the report noticed without refusing it."""
+    if run["unmapped_types"]:
+        types = ", ".join(f"{name} ({count:,} rows)" for name, count in run["unmapped_types"].items())
+        console.print(f"[yellow]warning:[/yellow] row types nobody mapped, counted as other: {types}", soft_wrap=True)
+    if run["inconsistent_rows"]:
+        inconsistent = run["inconsistent_rows"]
+        lines = ", ".join(map(str, inconsistent["lines"])) + (", …" if inconsistent["count"] > len(inconsistent["lines"])
+                                                               else "")
+        console.print(f"[yellow]warning:[/yellow] {inconsistent['count']:,} row(s) where {inconsistent['message']};"
+                      f" lines {lines}", soft_wrap=True)
 
 
 def cmd_dataapi(args: argparse.Namespace) -> int:
@@ -226,6 +266,19 @@ def cmd_dataapi(args: argparse.Namespace) -> int:
         console.print("Ctrl-C to stop")
         threading.Event().wait()
     return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from conveyor_tools.deploy.commands import deploy
+
+    return deploy(args.stage, dry_run=args.dry_run, out=Path(args.out) if args.out else None,
+                  image_tag=args.image_tag, console=console)
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    from conveyor_tools.deploy.commands import destroy
+
+    return destroy(args.stage, force=args.force, console=console)
 
 
 def cmd_package(args: argparse.Namespace) -> int:
@@ -260,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     create = clients.add_parser("create", help="create a client and print its API key once, on the last line")
     create.add_argument("name")
     create.set_defaults(func=cmd_clients_create)
+    revoke = clients.add_parser("revoke", help="stop a client's API key working (and remove it from API Gateway)")
+    revoke.add_argument("name")
+    revoke.set_defaults(func=cmd_clients_revoke)
 
     catalog = commands.add_parser("catalog", help="manage the catalog").add_subparsers(dest="action", required=True)
     importer = catalog.add_parser("import", help="insert or update items from a CSV: sku,name,currency,unit_price,stock")
@@ -281,7 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--format", choices=["stripe", "adyen", "generic"],
                            help="default: detected from the header")
     reconcile.add_argument("--cutoff", help="ISO 8601 time with offset; confirmed orders created later are not"
-                           " expected in the report (default: the report's latest row)")
+                           " expected in the report (default: the report's latest row time; required when its"
+                           " rows have none)")
+    reconcile.add_argument("--timezone", metavar="ZONE",
+                           help="IANA time zone of the report's local times, e.g. Europe/Berlin: the zone a Stripe"
+                           " report with `created` (not created_utc) was run in, or an Adyen account's zone when its"
+                           " TimeZone column is ambiguous (IST, CST) or empty")
     reconcile.add_argument("--map", action="append", metavar="FIELD=COLUMN",
                            help="generic format: read FIELD from the column COLUMN, e.g. --map reference='Order Ref'"
                            " (repeatable; fields: reference, currency, amount, type, alt_reference, fee, net,"
@@ -307,6 +368,19 @@ def build_parser() -> argparse.ArgumentParser:
     dataapi.add_argument("--secret-arn", action="append", help="accept only this secret ARN (repeatable)")
     dataapi.set_defaults(func=cmd_dataapi)
 
+    deploy = commands.add_parser("deploy", help="deploy a stage to AWS: stacks, Lambda packages, image, migrations")
+    deploy.add_argument("--stage", required=True, help="dev, prod, or any name (infra/stages/NAME.json, else dev's)")
+    deploy.add_argument("--dry-run", action="store_true", help="write everything to --out; no AWS call, no credentials")
+    deploy.add_argument("--out", help="where to write templates, parameters, policies and packages"
+                        " (default .conveyor/deploy/STAGE)")
+    deploy.add_argument("--image-tag", help="use this image already in the stage's ECR repository instead of building")
+    deploy.set_defaults(func=cmd_deploy)
+
+    destroy = commands.add_parser("destroy", help="delete a stage's stacks (prod needs --force; its database is snapshotted)")
+    destroy.add_argument("--stage", required=True)
+    destroy.add_argument("--force", action="store_true", help="required to destroy prod")
+    destroy.set_defaults(func=cmd_destroy)
+
     package = commands.add_parser("package", help="build the API's and the worker's Lambda packages and templates"
                                   " (chalice package): OUT/api and OUT/worker, each deployment.zip + sam.json")
     package.add_argument("--out", required=True, help="folder to write them into")
@@ -326,10 +400,11 @@ def main(argv: list[str] | None = None) -> int:
         from conveyor.reconciliation.formats import SettlementReportError
         from conveyor.reconciliation.service import ReconciliationError
         from conveyor.services.admin import AdminError
+        from conveyor_tools.deploy.plan import DeployError
         from conveyor_tools.packaging import PackagingError
 
-        if isinstance(exc, (AdminError, LoadError, FileNotFoundError, SettlementReportError, ReconciliationError,
-                            PackagingError)):
+        if isinstance(exc, (AdminError, DeployError, LoadError, FileNotFoundError, PackagingError,
+                            SettlementReportError, ReconciliationError)):
             console.print(f"[red]error:[/red] {exc}")
             return 2
         raise

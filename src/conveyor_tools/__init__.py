@@ -1,1 +1,1 @@
-"""Development and operations tooling: never shipped to Lambda or Fargate, never imported by `conveyor`."""
+"""Development and operations tooling for Conveyor; the runtime package `conveyor` never imports it."""

@@ -5,8 +5,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
+from pathlib import Path
+
+from support import OutputLines
 
 from conveyor.reconciliation.service import ReconciliationService, RunClaims, direct_connection
 from conveyor.reconciliation.sources import open_source
@@ -126,10 +128,11 @@ def test_reconcile_a_generic_report_through_a_column_mapping_and_refuse_a_malfor
     bank = tmp_path / "bank.csv"
     bank.write_text("Order Ref,Settled,Ccy\nINV-1,5000,JPY\n")
     bad = tmp_path / "bad.csv"
-    bad.write_text("reference,currency,amount\nINV-1,JPY,50.5\n")
+    bad.write_text("reference,currency,amount,created_at\nINV-1,JPY,50.5,2026-10-02T00:00:00Z\n")
 
     mapped = summary_of(conveyor("reconcile", str(bank), "--map", "reference=Order Ref", "--map", "amount=Settled",
-                                 "--map", "currency=Ccy", database_url=database_url))
+                                 "--map", "currency=Ccy", "--cutoff", "2026-10-31T00:00:00+00:00",
+                                 database_url=database_url))
     unmapped = conveyor("reconcile", str(bank), database_url=database_url)
     refused = conveyor("reconcile", str(bad), database_url=database_url)
     typo = conveyor("reconcile", str(bank), "--map", "reference", database_url=database_url)
@@ -140,48 +143,105 @@ def test_reconcile_a_generic_report_through_a_column_mapping_and_refuse_a_malfor
     assert typo.returncode == 2 and "FIELD=COLUMN" in typo.stderr
 
 
+WAITING = "waiting for the process that executes the run"
+
+
+def reconcile_in_background(report, database_url: str) -> subprocess.Popen:
+    env = {**os.environ, "DATABASE_URL": database_url}
+    return subprocess.Popen([sys.executable, "-m", "conveyor.cli", "reconcile", str(report)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_reconcile_waits_for_a_run_another_process_holds_and_then_shows_it(database, database_url, tmp_path):
     add_order(database, "generic", "INV-9", 900, "USD")
     report = tmp_path / "generic.csv"
-    report.write_text("reference,currency,amount\nINV-9,USD,9.00\n")
+    report.write_text("reference,currency,amount,created_at\nINV-9,USD,9.00,2026-10-02T00:00:00Z\n")
     service = ReconciliationService(database, lambda: direct_connection(database.engine))
     other_process = RunClaims(service.connect)
     run, claimed = service.submit_claimed(open_source(str(report)), None, None, other_process)
     assert claimed
 
-    env = {**os.environ, "DATABASE_URL": database_url}
-    waiting = subprocess.Popen([sys.executable, "-m", "conveyor.cli", "reconcile", str(report)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    waiting = reconcile_in_background(report, database_url)
+    stderr = OutputLines(waiting.stderr)
     try:
-        time.sleep(2)
-        assert waiting.poll() is None  # it waits rather than taking the run over
+        # It has seen the run claimed and decided to wait, rather than take the run over.
+        stderr.wait_for_log(WAITING, run_id=run["id"])
+        untouched = service.get(run["id"])
         service.execute(run["id"], open_source(str(report)))
         other_process.close()
-        stdout, stderr = waiting.communicate(timeout=30)
+        waiting.wait(timeout=30)
+        stdout = waiting.stdout.read()
     finally:
         waiting.kill()
-    assert waiting.returncode == 0, stderr
+    assert waiting.returncode == 0, stderr.finished()
+    assert (untouched["status"], untouched["rows_loaded"]) == (run["status"], 0)
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert (summary["run_id"], summary["matched"]) == (run["id"], 1)
 
 
 def test_reconcile_says_what_to_do_when_the_process_it_waits_for_dies(database, database_url, tmp_path):
     report = tmp_path / "generic.csv"
-    report.write_text("reference,currency,amount\nINV-10,USD,1.00\n")
+    report.write_text("reference,currency,amount,created_at\nINV-10,USD,1.00,2026-10-02T00:00:00Z\n")
     service = ReconciliationService(database, lambda: direct_connection(database.engine))
     dying = RunClaims(service.connect)
     run, _ = service.submit_claimed(open_source(str(report)), None, None, dying)
 
-    env = {**os.environ, "DATABASE_URL": database_url}
-    waiting = subprocess.Popen([sys.executable, "-m", "conveyor.cli", "reconcile", str(report)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    waiting = reconcile_in_background(report, database_url)
+    stderr = OutputLines(waiting.stderr)
     try:
-        time.sleep(2)
+        stderr.wait_for_log(WAITING, run_id=run["id"])  # else it could claim the run itself once it is free
         dying.close()  # what the death of its process does to its claim
-        _, stderr = waiting.communicate(timeout=30)
+        waiting.wait(timeout=30)
     finally:
         waiting.kill()
-    assert waiting.returncode == 2 and f"the process executing run {run['id']} stopped" in stderr
-    assert "run this command again" in stderr
+    said = stderr.finished()
+    assert waiting.returncode == 2 and f"the process executing run {run['id']} stopped" in said
+    assert "run this command again" in said
     # Run again, it takes the run over and completes it.
     assert summary_of(conveyor("reconcile", str(report), database_url=database_url))["run_id"] == run["id"]
+
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "settlement"
+
+
+def test_reconcile_reads_a_stripe_report_in_the_time_zone_given_and_shows_what_it_noticed(
+        database, database_url, tmp_path):
+    add_order(database, "stripe", "ch_1", 1250, "USD")
+    add_order(database, "stripe", "py_2", 2000, "USD")
+    add_order(database, "stripe", "ch_3", 900, "USD")
+    report = tmp_path / "balance_change_from_activity.csv"
+    report.write_bytes((FIXTURES / "stripe_itemized_local_times.csv").read_bytes())
+
+    without_zone = conveyor("reconcile", str(report), database_url=database_url)
+    unknown_zone = conveyor("reconcile", str(report), "--timezone", "Mars/Olympus", database_url=database_url)
+    done = conveyor("reconcile", str(report), "--timezone", "America/New_York", database_url=database_url)
+
+    assert without_zone.returncode == 2
+    assert "--timezone" in without_zone.stderr and "--cutoff" in without_zone.stderr
+    assert unknown_zone.returncode == 2 and "IANA time zone" in unknown_zone.stderr
+    summary = summary_of(done)
+    assert (summary["format"], summary["matched"], summary["unknown_payment"]) == ("stripe", 3, 0)
+    assert summary["unmapped_types"] == {"gift_card_sale": 1}
+    assert summary["inconsistent_rows"]["lines"] == [4] and summary["inconsistent_rows"]["count"] == 1
+    assert "gift_card_sale (1 rows)" in done.stderr and "lines 4" in done.stderr
+    # 2026-11-01 02:00 EST is 07:00 UTC: the report's latest row.
+    assert "cutoff 2026-11-01 07:00:00+00" in done.stderr.replace("T", " ")
+
+
+def test_reconcile_refuses_another_kind_of_report_and_a_report_that_says_no_time(database_url, tmp_path):
+    accounting = tmp_path / "payments_accounting_report_2026_10_01.csv"
+    accounting.write_bytes((FIXTURES / "adyen_payment_accounting_report.csv").read_bytes())
+    timeless = tmp_path / "generic.csv"
+    timeless.write_text("reference,currency,amount\nINV-11,USD,1.00\n")
+
+    detected = conveyor("reconcile", str(accounting), database_url=database_url)
+    forced = conveyor("reconcile", str(accounting), "--format", "adyen", database_url=database_url)
+    no_time = conveyor("reconcile", str(timeless), database_url=database_url)
+
+    for refused in (detected, forced):
+        assert refused.returncode == 2
+        assert "Payment accounting report" in refused.stderr and "Settlement details report" in refused.stderr
+        assert "Export it again" not in refused.stderr and "8816000000000001" not in refused.stderr
+    assert no_time.returncode == 2 and "--cutoff" in no_time.stderr
+    assert summary_of(conveyor("reconcile", str(timeless), "--cutoff", "2026-10-31T00:00:00+00:00",
+                               database_url=database_url))["unknown_payment"] == 1

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from pathlib import Path
 
 import boto3
 import psycopg
@@ -136,6 +137,8 @@ def test_an_s3_source(client, monkeypatch):
     ({"source": "PLACEHOLDER", "format": "paypal"}, "invalid_report", "unknown format"),
     ({"source": "PLACEHOLDER", "cutoff": "yesterday"}, "invalid_report", "ISO 8601"),
     ({"source": "PLACEHOLDER", "cutoff": "2026-10-31T00:00:00"}, "invalid_report", "time zone"),
+    ({"source": "PLACEHOLDER", "timezone": "Mars/Olympus"}, "invalid_report", "IANA time zone"),
+    ({"source": "PLACEHOLDER", "timezone": 5}, "invalid_report", "IANA time zone name"),
 ])
 def test_bad_requests_say_what_to_send(client, tmp_path, body, code, words):
     path = tmp_path / "report.csv"
@@ -147,6 +150,25 @@ def test_bad_requests_say_what_to_send(client, tmp_path, body, code, words):
     assert answer.status_code == 400
     assert answer.get_json()["error"]["code"] == code
     assert words in answer.get_json()["error"]["message"]
+
+
+def test_a_time_zone_places_a_reports_local_times_in_json_and_in_a_form(client, tmp_path):
+    local_times = (Path(__file__).parent.parent / "fixtures" / "settlement" / "stripe_itemized_local_times.csv").read_bytes()
+    path = tmp_path / "local.csv"
+    path.write_bytes(local_times)
+
+    refused = client.post("/api/reconciliations", headers=AUTH, json={"source": str(path)})
+    by_path = client.post("/api/reconciliations", headers=AUTH, json={"source": str(path), "timezone": "America/New_York"})
+    uploaded = client.post("/api/reconciliations", headers=AUTH, content_type="multipart/form-data",
+                           data={"report": (io.BytesIO(local_times), "local.csv"), "timezone": "Europe/Berlin"})
+
+    assert refused.status_code == 400 and "\"timezone\" in the API" in refused.get_json()["error"]["message"]
+    in_new_york = wait_completed(client, by_path.headers["Location"])
+    in_berlin = wait_completed(client, uploaded.headers["Location"])
+    assert in_new_york["timezone"] == "America/New_York" and in_new_york["cutoff"].startswith("2026-11-01T07:00:00")
+    assert in_berlin["timezone"] == "Europe/Berlin" and in_berlin["cutoff"].startswith("2026-11-01T01:00:00")
+    assert in_new_york["unmapped_types"] == {"gift_card_sale": 1}
+    assert in_new_york["inconsistent_rows"]["lines"] == [4]
 
 
 def test_a_report_of_unknown_layout_is_refused_before_any_run(client):

@@ -27,7 +27,7 @@ def free_port() -> int:
 
 
 def test_gunicorn_serves_health_and_a_reconciliation_then_stops_on_sigterm(database, database_url, tmp_path):
-    report = (f"reference,currency,amount\r\nG-{uuid.uuid4().hex[:8]},KWD,1.234\r\n").encode()
+    report = (f"reference,currency,amount,created_at\r\nG-{uuid.uuid4().hex[:8]},KWD,1.234,2026-10-02T00:00:00Z\r\n").encode()
     server = start_console(database_url, port=free_port(), environment={"CONVEYOR_SPOOL_DIR": str(tmp_path)})
     try:
         assert requests.get(f"{server.url}/healthz", timeout=5).json() == {"status": "ok"}
@@ -69,7 +69,7 @@ def runs_lock(database_url):
 
 def test_a_run_whose_worker_is_killed_is_executed_by_the_worker_gunicorn_starts_again(
         database, database_url, runs_lock, tmp_path):
-    report = f"reference,currency,amount\r\nK-{uuid.uuid4().hex[:8]},KWD,1.234\r\n".encode()
+    report = f"reference,currency,amount,created_at\r\nK-{uuid.uuid4().hex[:8]},KWD,1.234,2026-10-02T00:00:00Z\r\n".encode()
     # A killed worker's session can outlive it while its statement waits; the periodic pass catches the run then.
     server = start_console(database_url, port=free_port(), environment={
         "CONVEYOR_SPOOL_DIR": str(tmp_path), "CONVEYOR_RECOVERY_INTERVAL_SECONDS": "1"})
@@ -99,7 +99,7 @@ def test_a_run_whose_worker_is_killed_is_executed_by_the_worker_gunicorn_starts_
 
 def test_runs_stopped_by_sigterm_are_executed_at_the_next_start_and_no_upload_is_left_behind(
         database, database_url, runs_lock, tmp_path):
-    reports = [f"reference,currency,amount\r\nT-{n}-{uuid.uuid4().hex[:8]},KWD,1.234\r\n".encode() for n in range(2)]
+    reports = [f"reference,currency,amount,created_at\r\nT-{n}-{uuid.uuid4().hex[:8]},KWD,1.234,2026-10-02T00:00:00Z\r\n".encode() for n in range(2)]
     environment = {"CONVEYOR_SPOOL_DIR": str(tmp_path), "GUNICORN_GRACEFUL_TIMEOUT": "4"}
     server = start_console(database_url, port=free_port(), workers=1, environment=environment)
     service = ReconciliationService(database, lambda: direct_connection(database.engine))

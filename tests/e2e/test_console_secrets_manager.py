@@ -80,7 +80,7 @@ def store_database_secret(secrets_endpoint: str, database_url: str) -> None:
 def test_a_console_with_only_a_secret_arn_waits_for_the_secret_then_reconciles(
         secrets_manager, database, database_url, tmp_path):
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    report = f"reference,currency,amount\r\nS-{uuid.uuid4().hex[:8]},KWD,1.234\r\n".encode()
+    report = f"reference,currency,amount,created_at\r\nS-{uuid.uuid4().hex[:8]},KWD,1.234,2026-10-02T00:00:00Z\r\n".encode()
     server = start_console_with_only_a_secret(secrets_manager, str(tmp_path))
     try:
         # Before the secret exists: alive, not ready, and both answers say what to fix.

@@ -31,9 +31,11 @@ from conveyor.adapters.database import Database
 from conveyor.dataapi.client import DataApiDatabase
 from conveyor.dataapi.server import LocalDataApi
 from conveyor.local.database import libpq_url
+from support import eventually
 
 CLUSTER = "arn:aws:rds:us-east-1:123456789012:cluster:conveyor-local"
 SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:conveyor-local-AbCdEf"
+IDS = {"resourceArn": CLUSTER, "secretArn": SECRET}
 
 
 @pytest.fixture(scope="module")
@@ -276,6 +278,194 @@ def test_a_transaction_commits_or_rolls_back_as_a_whole(rds, database_name, dire
     assert rollback["transactionStatus"] == "Rollback Complete"
 
 
+# --- transactions ---------------------------------------------------------------------------
+# Every statement that names a transaction runs inside it, first or later: other sessions see
+# nothing of it until CommitTransaction, and RollbackTransaction undoes it. Each effect is read
+# from two other sessions: a direct psycopg connection and a Data API call without transactionId.
+
+
+@pytest.fixture(scope="module")
+def isolation_table(direct: psycopg.Connection) -> Iterator[str]:
+    direct.execute("CREATE TABLE dataapi_isolation (tag text NOT NULL, n int NOT NULL, PRIMARY KEY (tag, n))")
+    yield "dataapi_isolation"
+    direct.execute("DROP TABLE dataapi_isolation")
+
+
+def insert_literal(rds: Any, database: str, tag: str, **transaction: str) -> None:
+    execute(rds, database, f"INSERT INTO dataapi_isolation VALUES ('{tag}', 1), ('{tag}', 2)", **transaction)
+
+
+def insert_with_parameters(rds: Any, database: str, tag: str, **transaction: str) -> None:
+    execute(rds, database, "INSERT INTO dataapi_isolation VALUES (:tag, :a), (:tag, :b)", parameters=[
+        {"name": "tag", "value": {"stringValue": tag}}, {"name": "a", "value": {"longValue": 1}},
+        {"name": "b", "value": {"longValue": 2}}], **transaction)
+
+
+def insert_batch(rds: Any, database: str, tag: str, numbers: tuple[int, ...] = (1, 2), **transaction: str) -> None:
+    rds.batch_execute_statement(
+        database=database, sql="INSERT INTO dataapi_isolation VALUES (:tag, :n)",
+        parameterSets=[[{"name": "tag", "value": {"stringValue": tag}}, {"name": "n", "value": {"longValue": n}}]
+                       for n in numbers], **IDS, **transaction)
+
+
+def create_table(rds: Any, database: str, tag: str, **transaction: str) -> None:
+    execute(rds, database, f"CREATE TABLE dataapi_ddl_{tag} (n int)", **transaction)
+
+
+# What each statement leaves when committed: rows of its tag, or its table.
+STATEMENT_KINDS = {
+    "execute": (insert_literal, 2),
+    "execute_with_parameters": (insert_with_parameters, 2),
+    "batch_execute": (insert_batch, 2),
+    "ddl": (create_table, 1),
+}
+
+
+def effects_sql(tag: str) -> str:
+    """(rows or table the statement left, rows an earlier statement of the transaction left)."""
+    return (f"SELECT (SELECT count(*) FROM dataapi_isolation WHERE tag = '{tag}')"
+            f" + (SELECT count(*) FROM pg_class WHERE relname = 'dataapi_ddl_{tag}'),"
+            f" (SELECT count(*) FROM dataapi_isolation WHERE tag = '{tag}:earlier')")
+
+
+def effects_seen(rds: Any, database: str, tag: str, **transaction: str) -> tuple[int, int]:
+    [record] = execute(rds, database, effects_sql(tag), **transaction)["records"]
+    return tuple(field["longValue"] for field in record)
+
+
+def effects_seen_by_others(rds: Any, database: str, direct: psycopg.Connection, tag: str) -> list[tuple[int, int]]:
+    return [tuple(direct.execute(effects_sql(tag)).fetchone()), effects_seen(rds, database, tag)]
+
+
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+@pytest.mark.parametrize("position", ["first", "later"])
+@pytest.mark.parametrize("kind", list(STATEMENT_KINDS))
+def test_a_statement_in_a_transaction_is_seen_by_other_sessions_only_once_committed(
+    kind, position, outcome, rds, database_name, direct, isolation_table,
+):
+    run, effect = STATEMENT_KINDS[kind]
+    tag = f"{kind}_{position}_{outcome}"
+    transaction = {"transactionId": rds.begin_transaction(database=database_name, **IDS)["transactionId"]}
+    try:
+        if position == "later":
+            execute(rds, database_name, f"INSERT INTO dataapi_isolation VALUES ('{tag}:earlier', 0)", **transaction)
+        run(rds, database_name, tag, **transaction)
+        seen_inside = effects_seen(rds, database_name, tag, **transaction)
+        seen_by_others_before = effects_seen_by_others(rds, database_name, direct, tag)
+        if outcome == "commit":
+            answer = rds.commit_transaction(**IDS, **transaction)["transactionStatus"]
+        else:
+            answer = rds.rollback_transaction(**IDS, **transaction)["transactionStatus"]
+        seen_by_others_after = effects_seen_by_others(rds, database_name, direct, tag)
+    finally:
+        direct.execute("DELETE FROM dataapi_isolation WHERE tag LIKE %s", [f"{tag}%"])
+        direct.execute(f"DROP TABLE IF EXISTS dataapi_ddl_{tag}")
+
+    everything = (effect, 1 if position == "later" else 0)
+    assert seen_inside == everything
+    assert seen_by_others_before == [(0, 0), (0, 0)]
+    if outcome == "commit":
+        assert (answer, seen_by_others_after) == ("Transaction Committed", [everything, everything])
+    else:
+        assert (answer, seen_by_others_after) == ("Rollback Complete", [(0, 0), (0, 0)])
+
+
+def fail_execute(rds: Any, database: str, tag: str, **transaction: str) -> None:
+    insert_literal(rds, database, tag, **transaction)
+    insert_literal(rds, database, tag, **transaction)  # the same keys again: 23505
+
+
+def fail_batch(rds: Any, database: str, tag: str, **transaction: str) -> None:
+    insert_batch(rds, database, tag, (1, 2, 1), **transaction)  # the third set repeats the first: 23505
+
+
+def fail_before_the_database(rds: Any, database: str, tag: str, **transaction: str) -> None:
+    execute(rds, database, "INSERT INTO dataapi_isolation VALUES (:tag, :missing)",
+            parameters=[{"name": "tag", "value": {"stringValue": tag}}], **transaction)
+
+
+@pytest.mark.parametrize("position", ["first", "later"])
+@pytest.mark.parametrize("failing", [fail_execute, fail_batch, fail_before_the_database],
+                         ids=["execute", "batch_execute", "refused_parameters"])
+def test_an_error_aborts_the_transaction_and_every_later_call_on_it_fails(
+    failing, position, rds, database_name, direct, isolation_table,
+):
+    tag = f"abort_{failing.__name__}_{position}"
+    transaction_id = rds.begin_transaction(database=database_name, **IDS)["transactionId"]
+    transaction = {"transactionId": transaction_id}
+    try:
+        if position == "later":
+            execute(rds, database_name, f"INSERT INTO dataapi_isolation VALUES ('{tag}:earlier', 0)", **transaction)
+        error = error_of(lambda: failing(rds, database_name, tag, **transaction))
+        seen_by_others = effects_seen_by_others(rds, database_name, direct, tag)
+        later_statement = error_of(lambda: effects_seen(rds, database_name, tag, **transaction))
+        later_batch = error_of(lambda: insert_batch(rds, database_name, tag, **transaction))
+        commit = error_of(lambda: rds.commit_transaction(**IDS, **transaction))
+        rollback = error_of(lambda: rds.rollback_transaction(**IDS, **transaction))
+        seen_by_others_after = effects_seen_by_others(rds, database_name, direct, tag)
+    finally:
+        direct.execute("DELETE FROM dataapi_isolation WHERE tag LIKE %s", [f"{tag}%"])
+
+    assert error[0] in ("DatabaseErrorException", "BadRequestException")
+    assert seen_by_others == seen_by_others_after == [(0, 0), (0, 0)]
+    aborted = ("TransactionNotFoundException", f"Transaction {transaction_id} isn't found: "
+               "Transaction has been aborted due to an error from a previous call.", 404)
+    # A commit of an aborted transaction commits nothing and never reports it committed.
+    assert later_statement == later_batch == commit == rollback == aborted
+
+
+def test_a_commit_the_database_refuses_commits_nothing_and_ends_the_transaction(rds, database_name, direct):
+    direct.execute("CREATE TABLE dataapi_deferred (a int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+    try:
+        transaction_id = rds.begin_transaction(database=database_name, **IDS)["transactionId"]
+        insert = lambda: execute(rds, database_name, "INSERT INTO dataapi_deferred VALUES (1)",  # noqa: E731
+                                 transactionId=transaction_id)
+        insert()
+        insert()  # the duplicate is only checked at COMMIT
+        commit = error_of(lambda: rds.commit_transaction(transactionId=transaction_id, **IDS))
+        rollback = error_of(lambda: rds.rollback_transaction(transactionId=transaction_id, **IDS))
+        rows = direct.execute("SELECT count(*) FROM dataapi_deferred").fetchone()[0]
+    finally:
+        direct.execute("DROP TABLE dataapi_deferred")
+
+    assert commit[0] == "DatabaseErrorException" and commit[1].endswith("; SQLState: 23505")
+    assert rollback[0] == "TransactionNotFoundException" and rollback[1].endswith("from a previous call.")
+    assert rows == 0
+
+
+def test_a_batch_without_a_transaction_commits_all_its_sets_or_none(rds, database_name, direct, isolation_table):
+    try:
+        insert_batch(rds, database_name, "autocommit_batch")
+        committed_at_once = direct.execute("SELECT count(*) FROM dataapi_isolation WHERE tag = 'autocommit_batch'")\
+            .fetchone()[0]
+        refused = error_of(lambda: insert_batch(rds, database_name, "atomic_batch", (1, 2, 3, 1)))
+        partly = direct.execute("SELECT count(*) FROM dataapi_isolation WHERE tag = 'atomic_batch'").fetchone()[0]
+        after = execute(rds, database_name, "SELECT count(*) FROM dataapi_isolation WHERE tag = 'autocommit_batch'")
+    finally:
+        direct.execute("DELETE FROM dataapi_isolation WHERE tag IN ('autocommit_batch', 'atomic_batch')")
+
+    assert committed_at_once == 2
+    assert refused[0] == "DatabaseErrorException" and refused[1].endswith("; SQLState: 23505")
+    assert partly == 0
+    assert after["records"] == [[{"longValue": 2}]]  # the pooled connection that failed serves the next call
+
+
+def test_no_call_without_a_transaction_inherits_another_calls_session_state(rds, database_name, direct):
+    # Calls share pooled connections; each one starts from the session defaults.
+    execute(rds, database_name, "SET TimeZone = 'America/New_York'")
+    execute(rds, database_name, "CREATE TEMPORARY TABLE dataapi_leak (a int)")
+    execute(rds, database_name, "SELECT pg_advisory_lock(9326)")
+
+    time_zone = execute(rds, database_name, "SELECT current_setting('TimeZone')")["records"]
+    temporary_tables = direct.execute("SELECT count(*) FROM pg_class WHERE relname = 'dataapi_leak'").fetchone()[0]
+    lock_is_free = direct.execute("SELECT pg_try_advisory_lock(9326)").fetchone()[0]
+    direct.execute("SELECT pg_advisory_unlock_all()")
+
+    assert time_zone == [[{"stringValue": "UTC"}]]
+    assert temporary_tables == 0
+    assert lock_is_free
+
+
 def test_json_records_and_result_metadata(rds, database_name):
     sql = "SELECT 7::int8 AS n, 1.50::numeric(5,2) AS price, true AS ok, NULL::text AS nothing, 'é' AS t"
 
@@ -345,33 +535,49 @@ def test_sql_errors_carry_postgresqls_message_and_sqlstate(rds, database_name):
                          "  Detail: Key (name)=(x) already exists.; SQLState: 23505")
 
 
-def test_unknown_ended_aborted_and_busy_transactions(rds, database_name):
-    ids = {"resourceArn": CLUSTER, "secretArn": SECRET}
-    unknown = error_of(lambda: rds.commit_transaction(transactionId="not-a-transaction", **ids))
+def test_unknown_and_ended_transactions_are_not_found(rds, database_name):
+    unknown = error_of(lambda: rds.commit_transaction(transactionId="not-a-transaction", **IDS))
 
-    ended = rds.begin_transaction(database=database_name, **ids)["transactionId"]
-    rds.rollback_transaction(transactionId=ended, **ids)
+    ended = rds.begin_transaction(database=database_name, **IDS)["transactionId"]
+    rds.rollback_transaction(transactionId=ended, **IDS)
     after_end = error_of(lambda: execute(rds, database_name, "SELECT 1", transactionId=ended))
-
-    aborted = rds.begin_transaction(database=database_name, **ids)["transactionId"]
-    error_of(lambda: execute(rds, database_name, "SELECT 1/0", transactionId=aborted))
-    after_error = error_of(lambda: rds.commit_transaction(transactionId=aborted, **ids))
-
-    busy = rds.begin_transaction(database=database_name, **ids)["transactionId"]
-    sleeper = threading.Thread(target=execute, args=(rds, database_name, "SELECT pg_sleep(0.5)"),
-                               kwargs={"transactionId": busy})
-    sleeper.start()
-    time.sleep(0.2)
-    while_busy = error_of(lambda: execute(rds, database_name, "SELECT 1", transactionId=busy))
-    sleeper.join()
-    rds.commit_transaction(transactionId=busy, **ids)
+    committed = rds.begin_transaction(database=database_name, **IDS)["transactionId"]
+    rds.commit_transaction(transactionId=committed, **IDS)
+    commit_again = error_of(lambda: rds.commit_transaction(transactionId=committed, **IDS))
 
     assert unknown == ("TransactionNotFoundException",
                        "Transaction not-a-transaction isn't found: Transaction may be expired.", 404)
-    assert after_end[1] == f"Transaction {ended} isn't found: " \
-                           "One previous call resulted in a termination of your transaction."
-    assert after_error[1].endswith("Transaction has been aborted due to an error from a previous call.")
-    assert while_busy[:2] == ("DatabaseErrorException", "Transaction is still running a query")
+    ended_cause = "One previous call resulted in a termination of your transaction."
+    assert after_end == ("TransactionNotFoundException", f"Transaction {ended} isn't found: {ended_cause}", 404)
+    assert commit_again == ("TransactionNotFoundException", f"Transaction {committed} isn't found: {ended_cause}", 404)
+
+
+def backend_state(direct: psycopg.Connection, pid: int) -> tuple[str, str | None] | None:
+    """A server process's state and what it waits for; None once it has gone."""
+    return direct.execute("SELECT state, wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
+
+
+def backend_pid(rds: Any, database: str, transaction_id: str) -> int:
+    return execute(rds, database, "SELECT pg_backend_pid()", transactionId=transaction_id)["records"][0][0]["longValue"]
+
+
+def test_a_second_call_on_a_busy_transaction_is_refused_and_the_transaction_goes_on(rds, database_name, direct):
+    busy = rds.begin_transaction(database=database_name, **IDS)["transactionId"]
+    pid = backend_pid(rds, database_name, busy)
+    direct.execute("SELECT pg_advisory_lock(9325)")  # the first call waits for it: busy for as long as the test needs
+    try:
+        first = threading.Thread(target=execute, args=(rds, database_name, "SELECT pg_advisory_xact_lock(9325)"),
+                                 kwargs={"transactionId": busy})
+        first.start()
+        eventually(lambda: backend_state(direct, pid) == ("active", "Lock"), what="the first call to wait for the lock")
+        while_busy = error_of(lambda: execute(rds, database_name, "SELECT 1", transactionId=busy))
+    finally:
+        direct.execute("SELECT pg_advisory_unlock(9325)")
+    first.join(timeout=10)
+    commit = rds.commit_transaction(transactionId=busy, **IDS)
+
+    assert while_busy == ("DatabaseErrorException", "Transaction is still running a query", 400)
+    assert commit["transactionStatus"] == "Transaction Committed"
 
 
 def test_an_idle_transaction_expires_and_is_rolled_back(database_url, aws_environment, database_name, direct):
@@ -382,15 +588,15 @@ def test_an_idle_transaction_expires_and_is_rolled_back(database_url, aws_enviro
             ids = {"resourceArn": CLUSTER, "secretArn": SECRET}
             transaction = rds.begin_transaction(database=database_name, **ids)["transactionId"]
             execute(rds, database_name, "INSERT INTO dataapi_expiry VALUES (1)", transactionId=transaction)
-            time.sleep(0.8)  # the sweeper ends it without being asked
-            locks = direct.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'conveyor-dataapi'"
-                                   " AND state LIKE 'idle in transaction%'").fetchone()[0]
+            pid = backend_pid(rds, database_name, transaction)
+            assert backend_state(direct, pid)[0] == "idle in transaction"
+            # Nothing uses the transaction again: the sweeper alone ends it and its session.
+            eventually(lambda: backend_state(direct, pid) is None, timeout=10, what="the idle transaction to expire")
             expired = error_of(lambda: rds.commit_transaction(transactionId=transaction, **ids))
         rows = direct.execute("SELECT count(*) FROM dataapi_expiry").fetchone()[0]
     finally:
         direct.execute("DROP TABLE dataapi_expiry")
 
-    assert locks == 0
     assert expired == ("TransactionNotFoundException",
                        f"Transaction {transaction} isn't found: Transaction may be expired.", 404)
     assert rows == 0

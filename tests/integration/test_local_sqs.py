@@ -9,12 +9,14 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from aws_lambda_powertools.utilities.parser.models import SqsModel
 from botocore.client import BaseClient
+
+from support import eventually
 
 from conveyor.local.event_source import EventSourceStats, LambdaHandler, LocalLambdaContext, SqsEventSourceMapping
 from conveyor.local.sqs import LocalSqs, sqs_client
@@ -49,14 +51,6 @@ def mapping_for(sqs: LocalSqs, handler: LambdaHandler, **options: Any) -> SqsEve
         handler=handler,
         **options,
     )
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.05)
 
 
 def queue_counts(client: BaseClient, queue_url: str) -> tuple[int, int]:
@@ -108,8 +102,8 @@ def test_handler_gets_an_event_shaped_like_lambdas_and_a_context(fast_sqs: Local
     )
 
     with mapping_for(fast_sqs, lambda event, context: received.append((event, context)), concurrency=1):
-        wait_until(lambda: len(received) == 1)
-        wait_until(lambda: queue_counts(client, fast_sqs.queue_url) == (0, 0))
+        eventually(lambda: len(received) == 1)
+        eventually(lambda: queue_counts(client, fast_sqs.queue_url) == (0, 0))
 
     event, context = received[0]
     SqsModel.model_validate(event)  # the schema Powertools uses to parse real SQS events
@@ -164,8 +158,8 @@ def test_partial_batch_failure_deletes_the_rest_and_redelivers_the_failed_messag
 
     send(client, fast_sqs.queue_url, "ok-1", "flaky", "ok-2")
     with mapping_for(fast_sqs, fail_first_delivery_of_flaky, concurrency=1) as mapping:
-        wait_until(lambda: ("flaky", "2") in deliveries)
-        wait_until(lambda: queue_counts(client, fast_sqs.queue_url) == (0, 0))
+        eventually(lambda: ("flaky", "2") in deliveries)
+        eventually(lambda: queue_counts(client, fast_sqs.queue_url) == (0, 0))
 
     assert sorted(deliveries) == [("flaky", "1"), ("flaky", "2"), ("ok-1", "1"), ("ok-2", "1")]
     assert mapping.stats.failures == 1
@@ -185,10 +179,10 @@ def test_a_message_that_always_fails_ends_in_the_dlq_without_blocking_others(
 
     send(client, fast_sqs.queue_url, "poison")
     with mapping_for(fast_sqs, reject_poison, concurrency=1):
-        wait_until(lambda: "poison" in deliveries)
+        eventually(lambda: "poison" in deliveries)
         send(client, fast_sqs.queue_url, "good-1", "good-2", "good-3")
-        wait_until(lambda: queue_counts(client, fast_sqs.dlq_url) == (1, 0))
-        wait_until(lambda: queue_counts(client, fast_sqs.queue_url) == (0, 0))
+        eventually(lambda: queue_counts(client, fast_sqs.dlq_url) == (1, 0))
+        eventually(lambda: queue_counts(client, fast_sqs.queue_url) == (0, 0))
 
     assert Counter(deliveries) == {"poison": fast_sqs.max_receive_count, "good-1": 1, "good-2": 1, "good-3": 1}
     # The good messages were handled while the poison message waited out its visibility timeout.
@@ -224,7 +218,7 @@ def test_a_failed_invocation_deletes_nothing(
             with mapping_for(
                 sqs, failing_handler, concurrency=1, function_timeout_seconds=0.3, logger=logger
             ) as mapping:
-                wait_until(lambda: mapping.stats.batches == 1)
+                eventually(lambda: mapping.stats.batches == 1)
         assert queue_counts(client, sqs.queue_url) == (0, 2)
 
     assert mapping.stats == EventSourceStats(batches=1, messages=2, failures=2)
@@ -255,7 +249,7 @@ def test_pollers_invoke_the_handler_in_parallel(fast_sqs: LocalSqs, client: Base
     bodies = [f"order-{number}" for number in range(2 * concurrency)]
     send(client, fast_sqs.queue_url, *bodies)
     with mapping_for(fast_sqs, slow_handler, batch_size=1, concurrency=concurrency) as mapping:
-        wait_until(lambda: handled == set(bodies))
+        eventually(lambda: handled == set(bodies))
 
     assert most_in_flight == concurrency
     assert len(poller_threads) == concurrency
@@ -283,7 +277,7 @@ def test_stop_finishes_the_batch_in_flight_and_polls_no_more(fast_sqs: LocalSqs,
     assert finished == ["in-flight"]
     assert queue_counts(client, fast_sqs.queue_url) == (0, 0)
 
+    # No poller thread is left (asserted above), so nothing can take it: no wait proves more.
     send(client, fast_sqs.queue_url, "after-stop")
-    time.sleep(0.2)
     assert queue_counts(client, fast_sqs.queue_url) == (1, 0)
     assert mapping.stats.batches == 1

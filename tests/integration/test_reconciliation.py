@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from datetime import UTC, datetime
 from collections.abc import Iterator
@@ -11,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
+from support import eventually
 
 from conveyor.adapters.database import Database, sqlstate_of
 from conveyor.dataapi.client import DataApiDatabase
@@ -371,7 +371,10 @@ def test_runs_are_serialised_by_an_advisory_lock(service, orders, database_url, 
         other_run.execute("SELECT pg_advisory_lock(%s, %s)", (engine.LOCK_CLASS, engine.ALL_RUNS_LOCK_KEY))
         worker = threading.Thread(target=lambda: finished.append(service.execute(run["id"], open_source(str(report)))))
         worker.start()
-        time.sleep(0.5)
+        # The run has reached the lock and waits there: it neither ran past it nor failed.
+        eventually(lambda: other_run.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = %s AND objsubid = 2",
+            [engine.ALL_RUNS_LOCK_KEY]).fetchone()[0] == 1, what="the run to wait for the lock")
         assert worker.is_alive()
         assert service.get(run["id"])["status"] == "QUEUED"
         other_run.execute("SELECT pg_advisory_unlock(%s, %s)", (engine.LOCK_CLASS, engine.ALL_RUNS_LOCK_KEY))
@@ -408,3 +411,119 @@ def test_a_report_read_by_several_processes_reconciles_as_one_read_in_one(direct
     assert first["counts"] == second["counts"]
     assert first["counts"]["matched"] == 150 and first["counts"]["unknown_payment"] == 1
     assert first["totals"] == second["totals"] and first["rows_loaded"] == second["rows_loaded"] == 151
+
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "settlement"
+
+
+def copy_fixture(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    path.write_bytes((FIXTURES / name).read_bytes())
+    return path
+
+
+def test_a_stripe_report_in_local_time_is_reconciled_in_the_zone_given(service, orders, tmp_path):
+    by_charge = orders.add("ch_1", 1250)
+    by_payment = orders.add("py_2", 2000)
+    inconsistent = orders.add("ch_3", 900)
+    created_late_on_the_last_day = orders.add("ch_late", 700, created_at=datetime(2026, 11, 1, 6, 59, tzinfo=UTC))
+    after_the_report = orders.add("ch_after", 700, created_at=datetime(2026, 11, 1, 7, 1, tzinfo=UTC))
+    report = copy_fixture(tmp_path, "stripe_itemized_local_times.csv")
+
+    with pytest.raises(SettlementReportError, match="--timezone.*--cutoff"):
+        service.submit(open_source(str(report)))
+    run = reconcile(service, report, timezone="America/New_York")
+
+    assert run["status"] == "COMPLETED", run["error"]
+    assert run["timezone"] == "America/New_York"
+    # The latest row, 2026-11-01 02:00 in New York, is EST by then: 07:00 UTC.
+    assert run["cutoff"].startswith("2026-11-01T07:00:00")
+    assert run["counts"]["matched"] == 3 and run["counts"]["missing_in_report"] == 1
+    assert [orders.payment_status(order) for order in (
+        by_charge, by_payment, inconsistent, created_late_on_the_last_day, after_the_report)] == [
+        "matched", "matched", "matched", "missing_in_report", None]
+    assert run["unmapped_types"] == {"gift_card_sale": 1}
+    assert run["inconsistent_rows"]["count"] == 1 and run["inconsistent_rows"]["lines"] == [4]
+    assert run["totals"]["USD"]["fees"] == 66 + 88 + 56 + 200
+    # The zone is part of what the report says: read in another zone, it is another run.
+    elsewhere = service.submit(open_source(str(report)), timezone="Europe/Berlin")
+    assert elsewhere["id"] != run["id"]
+    assert service.submit(open_source(str(report)), timezone="America/New_York")["id"] == run["id"]
+
+
+def test_a_stripe_report_in_local_time_with_a_cutoff_needs_no_zone(service, orders, tmp_path):
+    orders.add("ch_1", 1250)
+    report = copy_fixture(tmp_path, "stripe_itemized_local_times.csv")
+
+    run = reconcile(service, report, cutoff=datetime(2026, 10, 15, tzinfo=UTC))
+
+    assert run["status"] == "COMPLETED", run["error"]
+    assert run["timezone"] is None and run["cutoff"].startswith("2026-10-15T00:00:00")
+
+
+def test_every_adyen_line_counts_where_adyen_means_it(service, orders, tmp_path):
+    settled = orders.add("8816000000000001", 10000, provider="adyen")
+    short_paid = orders.add("8816000000000002", 5000, provider="adyen")
+    settled_elsewhere = orders.add("8816000000000005", 4000, provider="adyen")
+    report = copy_fixture(tmp_path, "settlement_detail_report_batch_12.csv")
+
+    run = reconcile(service, report)
+
+    assert run["status"] == "COMPLETED", run["error"]
+    assert run["counts"]["matched"] == 3
+    assert run["counts"]["refund_without_order"] == 3  # Refunded, Chargeback, RefundedExternallyWithInfo
+    assert [orders.payment_status(order) for order in (settled, short_paid, settled_elsewhere)] == ["matched"] * 3
+    # Fees: the payments' own (2.90 + 1.00 + 2.00 on the chargeback), then Fee 1.50, MiscCosts 0.75,
+    # InvoiceDeduction 20.00 and PaymentCost 0.05: every cost Adyen withheld.
+    assert run["totals"]["USD"] == {
+        "gross": 10000 + 5000 - 1000 - 3000 + 4000 - 500,
+        "fees": 290 + 100 + 200 + 150 + 75 + 2000 + 5,
+        "net": 9710 + 4800 - 1000 - 3200 - 150 - 75 - 2000 - 5 - 500 + 300 + 25 + 4000 - 500 + 100 + 100,
+        "payouts": -15000,
+    }
+    assert run["unmapped_types"] == {"FutureThing": 2}
+    assert run["inconsistent_rows"]["lines"] == [3]
+    # The latest row, 2026-10-04 02:00 PDT, is 09:00 UTC.
+    assert run["cutoff"].startswith("2026-10-04T09:00:00")
+
+
+def test_a_report_that_says_no_time_needs_a_cutoff_and_never_takes_the_time_of_the_run(service, orders, tmp_path):
+    orders.add("G-1", 100, provider="generic")
+    timeless = write(tmp_path / "timeless.csv", ["reference,currency,amount", "G-1,USD,1.00"], bom=False)
+    empty_times = write(tmp_path / "empty-times.csv", ["reference,currency,amount,created_at", "G-1,USD,1.00,"],
+                        bom=False)
+
+    with pytest.raises(SettlementReportError, match="no created_at column.*--cutoff"):
+        service.submit(open_source(str(timeless)))
+    failed = reconcile(service, empty_times)
+    given = reconcile(service, timeless, cutoff=datetime(2026, 10, 31, tzinfo=UTC))
+
+    assert failed["status"] == "FAILED" and "no row of the report has a timestamp" in failed["error"]
+    assert "--cutoff" in failed["error"] and failed["cutoff"] is None
+    assert given["status"] == "COMPLETED" and given["counts"]["matched"] == 1
+
+
+def test_a_payment_accounting_report_is_refused_with_the_report_to_download(service, tmp_path):
+    report = open_source(str(copy_fixture(tmp_path, "adyen_payment_accounting_report.csv")))
+
+    for format in (None, "adyen"):
+        with pytest.raises(SettlementReportError, match="Payment accounting report.*Settlement details report"):
+            service.submit(report, format=format)
+
+
+def test_notes_of_a_report_read_by_several_processes_are_those_of_one_read_in_one(
+        direct_service, orders, tmp_path, monkeypatch):
+    rows = [stripe_row(f"txn_{n}", "charge", "usd", "10.00", "0.30", "9.70" if n % 50 else "9.00",
+                       payment_intent=f"pi_notes_{n}") for n in range(300)]
+    rows += [stripe_row(f"txn_x{n}", "mystery_category", "usd", "1.00") for n in range(3)]
+    one = write(tmp_path / "one.csv", [STRIPE_HEADER, *rows])
+    several = write(tmp_path / "several.csv", [STRIPE_HEADER, *rows, ""])
+
+    first = reconcile(direct_service, one)
+    monkeypatch.setattr(loading, "readers_for", lambda size: 3)
+    second = reconcile(direct_service, several)
+
+    assert first["status"] == second["status"] == "COMPLETED"
+    assert first["unmapped_types"] == second["unmapped_types"] == {"mystery_category": 3}
+    assert first["inconsistent_rows"] == second["inconsistent_rows"]
+    assert first["inconsistent_rows"]["count"] == 6 and first["inconsistent_rows"]["lines"] == [2, 52, 102, 152, 202, 252]

@@ -40,7 +40,7 @@ from conveyor.reconciliation.sources import (
 )
 from support import eventually
 
-HEADER = "reference,currency,amount"
+HEADER = "reference,currency,amount,created_at"
 
 
 class Orders:
@@ -69,7 +69,7 @@ class Orders:
 
 
 def report_bytes(*references: str) -> bytes:
-    return ("\r\n".join([HEADER, *(f"{reference},USD,12.50" for reference in references)]) + "\r\n").encode()
+    return ("\r\n".join([HEADER, *(f"{reference},USD,12.50,2026-10-02T00:00:00Z" for reference in references)]) + "\r\n").encode()
 
 
 

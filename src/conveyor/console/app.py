@@ -3,9 +3,10 @@
 Routes:
 - GET  /healthz                  the process is alive (needs no database)
 - GET  /readyz                   the database answers
-- POST /api/reconciliations      JSON {"source": "s3://bucket/key" | "/path", "format"?, "cutoff"?, "columns"?},
-                                 or a multipart upload (file field "report", form fields format, cutoff,
-                                 columns as JSON text); columns maps generic fields to other column names
+- POST /api/reconciliations      JSON {"source": "s3://bucket/key" | "/path", "format"?, "cutoff"?, "columns"?,
+                                 "timezone"?}, or a multipart upload (file field "report", form fields format,
+                                 cutoff, timezone, columns as JSON text); columns maps generic fields to other
+                                 column names, timezone (IANA) places a report's local times
 - GET  /api/reconciliations/ID   a run: status, progress (rows loaded, rows classified) and result, and
                                  `orphaned` (unfinished, and no live process executes it or has it queued)
 - POST /api/reconciliations/ID/restart   execute again an orphaned or FAILED run whose report can still be
@@ -34,7 +35,7 @@ from conveyor.adapters.database import Database, create_engine_for
 from conveyor.console import settings
 from conveyor.observability import get_logger
 from conveyor.reconciliation.engine import CATEGORIES
-from conveyor.reconciliation.formats import SettlementReportError
+from conveyor.reconciliation.formats import SettlementReportError, check_timezone
 from conveyor.reconciliation.jobs import BackgroundRuns, ShuttingDown
 from conveyor.reconciliation.service import (
     DirectConnectionRequired, ReconciliationError, ReconciliationService, RunConflict, direct_connection,
@@ -159,8 +160,8 @@ def create_app(services: Services | None = None) -> Flask:
     @app.post("/api/reconciliations")
     def start_reconciliation():
         try:
-            format, cutoff, columns, report = _report_from_request()
-            run = services.runs.start(report, format, cutoff, columns)
+            format, cutoff, columns, timezone, report = _report_from_request()
+            run = services.runs.start(report, format, cutoff, columns, timezone)
         except FileNotFoundError as exc:
             return error(400, "source_not_found", str(exc))
         except (SettlementReportError, ReconciliationError) as exc:
@@ -209,7 +210,7 @@ def create_app(services: Services | None = None) -> Flask:
 
 
 def _report_from_request():
-    """(format, cutoff, column mapping, report file) from a JSON body or a multipart upload."""
+    """(format, cutoff, column mapping, time zone, report file) from a JSON body or a multipart upload."""
     if request.files:
         upload = request.files.get("report")
         if upload is None:
@@ -227,7 +228,8 @@ def _report_from_request():
     format = fields.get("format") or None
     cutoff = _cutoff(fields.get("cutoff"))
     columns = _columns(fields.get("columns"))
-    return format, cutoff, columns, report_factory()
+    timezone = _timezone(fields.get("timezone"))
+    return format, cutoff, columns, timezone, report_factory()
 
 
 def _columns(value: Any) -> dict[str, str] | None:
@@ -242,6 +244,16 @@ def _columns(value: Any) -> dict[str, str] | None:
     if not isinstance(value, dict) or not all(isinstance(name, str) for name in value.values()):
         raise ReconciliationError(
             'columns must be a JSON object of field to column name, e.g. {"reference": "Order Ref"}')
+    return value
+
+
+def _timezone(value: Any) -> str | None:
+    """An IANA time zone name, checked before the report is read or spooled."""
+    if not value:
+        return None
+    if not isinstance(value, str):
+        raise ReconciliationError('timezone must be an IANA time zone name, e.g. "Europe/Berlin"')
+    check_timezone(value)
     return value
 
 

@@ -144,7 +144,7 @@ class LocalDataApi:
         self._idle: dict[str, list[psycopg.Connection]] = {}
         self._transactions: dict[str, _Transaction] = {}
         self._endings: OrderedDict[str, str] = OrderedDict()
-        self._type_names: dict[int, str] = {}
+        self._type_names: dict[tuple[str, int], str] = {}
         self._paused_for: float | None = None  # seconds a wake-up takes, while paused
         self._resumes_at: float | None = None
         self._server: ThreadingHTTPServer | None = None
@@ -292,9 +292,10 @@ class LocalDataApi:
 
     def _execute_statement(self, request: dict[str, Any]) -> dict[str, Any]:
         self._check_awake(request["resourceArn"])
-        compiled = _single_statement(request["sql"])
-        parameters = self._bind(compiled.names, request.get("parameters", []))
+        # Compiled and bound inside the transaction's scope: a refused statement aborts it, as an error does.
         with self._connection(request) as connection:
+            compiled = _single_statement(request["sql"])
+            parameters = self._bind(compiled.names, request.get("parameters", []))
             with connection.cursor() as cursor:
                 _run(cursor.execute, compiled.sql, parameters)
                 if cursor.description is None:
@@ -306,15 +307,29 @@ class LocalDataApi:
         parameter_sets = request.get("parameterSets") or []
         if not parameter_sets:
             return {"updateResults": []}
-        compiled = _single_statement(request["sql"])
-        bound = [self._bind(compiled.names, parameters) for parameters in parameter_sets]
-        with self._connection(request) as connection:
-            with connection.transaction(), connection.cursor() as cursor:  # all sets or none
-                _run(cursor.executemany, compiled.sql, bound)
+        with self._connection(request) as connection, connection.cursor() as cursor:
+            compiled = _single_statement(request["sql"])
+            bound = [self._bind(compiled.names, parameters) for parameters in parameter_sets]
+            if request.get("transactionId"):
+                _run(cursor.executemany, compiled.sql, bound)  # part of the caller's transaction
+            else:
+                # An autocommit connection: all sets in one transaction of their own, or none.
+                # Explicit statements, not connection.transaction(), whose meaning depends on the
+                # connection's state and whose COMMIT error would escape _run.
+                _run(connection.execute, "BEGIN")
+                try:
+                    _run(cursor.executemany, compiled.sql, bound)
+                except BaseException:
+                    _run(connection.execute, "ROLLBACK")
+                    raise
+                _run(connection.execute, "COMMIT")
         return {"updateResults": [{"generatedFields": []} for _ in bound]}
 
     def _begin_transaction(self, request: dict[str, Any]) -> dict[str, Any]:
         self._check_awake(request["resourceArn"])
+        # Not autocommit: psycopg opens the transaction before the first statement, as JDBC does with
+        # autocommit off, and CommitTransaction or RollbackTransaction ends it. Nothing here may use
+        # connection.transaction(): on this idle connection it would BEGIN and COMMIT on its own.
         connection = self._connect(request.get("database"), autocommit=False)
         # AWS's ids are opaque base64 strings of about 180 characters.
         transaction_id = base64.b64encode(secrets.token_bytes(138)).decode()
@@ -401,10 +416,11 @@ class LocalDataApi:
         ]
 
     def _type_name(self, connection: psycopg.Connection, type_oid: int) -> str:
-        name = builtin_type_name(type_oid) or self._type_names.get(type_oid)
+        key = (connection.info.dbname, type_oid)  # a type's oid means something only in its own database
+        name = builtin_type_name(type_oid) or self._type_names.get(key)
         if name is None:  # a type of this database's own: an enum, a domain, ...
             row = connection.execute("SELECT typname FROM pg_type WHERE oid = %s", [type_oid]).fetchone()
-            name = self._type_names[type_oid] = row[0] if row else "unknown"
+            name = self._type_names[key] = row[0] if row else "unknown"
         return name
 
     # -- connections and transactions ------------------------------------------------------
@@ -441,7 +457,8 @@ class LocalDataApi:
             yield connection
         finally:
             healthy = (not connection.closed and not connection.broken
-                       and connection.info.transaction_status == TransactionStatus.IDLE)
+                       and connection.info.transaction_status == TransactionStatus.IDLE
+                       and _discard_session_state(connection))
             with self._lock:
                 keep = healthy and len(self._idle.setdefault(database, [])) < IDLE_CONNECTIONS_PER_DATABASE
                 if keep:
@@ -451,16 +468,27 @@ class LocalDataApi:
 
     @contextmanager
     def _transaction(self, transaction_id: str, ending: str | None = None) -> Iterator[psycopg.Connection]:
-        """Use a transaction's connection; end it with `ending` as the reason, or on any error."""
+        """Use a transaction's connection, one call at a time; end it with `ending` as the reason.
+
+        Any error in the call aborts the transaction, as on AWS: it is rolled back at once, and
+        every later call naming it (CommitTransaction and RollbackTransaction too) is told it
+        isn't found because of that error. A commit can never report an aborted transaction
+        committed."""
         transaction = self._live_transaction(transaction_id)
         if not transaction.busy.acquire(blocking=False):
             raise Fault("DatabaseErrorException", "Transaction is still running a query")
         try:
-            yield transaction.connection
-        except Fault:
-            self._end(transaction, _ABORTED)
-            raise
-        else:
+            transaction.last_used = time.monotonic()
+            with self._lock:
+                cause = None if self._transactions.get(transaction_id) is transaction else \
+                    self._endings.get(transaction_id, _EXPIRED)
+            if cause is not None:  # the sweeper ended it between the look-up and the lock
+                raise _transaction_not_found(transaction_id, cause)
+            try:
+                yield transaction.connection
+            except Exception:
+                self._end(transaction, _ABORTED)
+                raise
             if ending:
                 self._end(transaction, ending)
         finally:
@@ -468,20 +496,28 @@ class LocalDataApi:
             transaction.busy.release()
 
     def _live_transaction(self, transaction_id: str) -> _Transaction:
-        now = time.monotonic()
         with self._lock:
             transaction = self._transactions.get(transaction_id)
             cause = self._endings.get(transaction_id, _EXPIRED)
-        if transaction is not None and self._expired(transaction, now):
-            self._end(transaction, _EXPIRED)
-            transaction = None
+        if transaction is not None and self._end_if_expired(transaction, time.monotonic()):
+            with self._lock:
+                transaction, cause = None, self._endings.get(transaction_id, _EXPIRED)
         if transaction is None:
-            raise Fault("TransactionNotFoundException", f"Transaction {transaction_id} isn't found: {cause}")
+            raise _transaction_not_found(transaction_id, cause)
         return transaction
 
-    def _expired(self, transaction: _Transaction, now: float) -> bool:
-        return (now - transaction.last_used > self.transaction_idle_timeout
-                or now - transaction.started > self.transaction_max_lifetime)
+    def _end_if_expired(self, transaction: _Transaction, now: float) -> bool:
+        """End an expired transaction unless a call is running on it (that call is its last use)."""
+        expired = (now - transaction.last_used > self.transaction_idle_timeout
+                   or now - transaction.started > self.transaction_max_lifetime)
+        if not expired or not transaction.busy.acquire(blocking=False):
+            return False
+        try:
+            self._end(transaction, _EXPIRED)
+        finally:
+            transaction.busy.release()
+        self.logger.info("transaction expired", extra={"transaction_id": transaction.id[:12]})
+        return True
 
     def _end(self, transaction: _Transaction, reason: str) -> None:
         with self._lock:
@@ -499,12 +535,21 @@ class LocalDataApi:
             with self._lock:
                 candidates = list(self._transactions.values())
             for transaction in candidates:
-                if self._expired(transaction, now) and transaction.busy.acquire(blocking=False):
-                    try:
-                        self._end(transaction, _EXPIRED)
-                        self.logger.info("transaction expired", extra={"transaction_id": transaction.id[:12]})
-                    finally:
-                        transaction.busy.release()
+                self._end_if_expired(transaction, now)
+
+
+def _discard_session_state(connection: psycopg.Connection) -> bool:
+    """Reset a pooled connection so no call sees another's SET, temporary table or advisory lock;
+    settings given at connect (TimeZone=UTC) are the session's defaults and stay. False if it failed."""
+    try:
+        connection.execute("DISCARD ALL")
+    except psycopg.Error:
+        return False
+    return True
+
+
+def _transaction_not_found(transaction_id: str, cause: str) -> Fault:
+    return Fault("TransactionNotFoundException", f"Transaction {transaction_id} isn't found: {cause}")
 
 
 def _single_statement(sql: str) -> CompiledStatement:

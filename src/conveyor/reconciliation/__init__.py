@@ -20,7 +20,8 @@ Every payment is classified as exactly one of (`engine.CATEGORIES`):
   still leave money with us.
 - missing_in_report: a CONFIRMED order created at or before the cutoff with no
   payment in the report and no settlement recorded by an earlier run. The cutoff is
-  the latest row timestamp in the report unless one is given.
+  the latest row timestamp in the report unless one is given; a report without row
+  timestamps needs one (never the time of the run).
 - unknown_payment: payment rows whose reference matches no order (one per reference).
 - refund_without_order: return rows whose reference matches no order (one per reference).
 

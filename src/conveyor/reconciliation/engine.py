@@ -27,7 +27,7 @@ import json
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -87,6 +87,10 @@ class RunResult:
     cutoff: datetime | None
     rows_loaded: int
     rows_classified: int
+    # Warnings, not refusals: each row type nobody mapped (read as `other`) with its row count,
+    # and the rows whose gross, fee and net disagree ({"count", "lines", "message"}, or None).
+    unmapped_types: dict[str, int] = field(default_factory=dict)
+    inconsistent_rows: dict[str, Any] | None = None
 
 
 CREATE_STAGING = """
@@ -241,6 +245,7 @@ COMPLETE_RUN = """
 UPDATE reconciliation_runs
 SET status = 'COMPLETED', counts = CAST(%(counts)s AS jsonb), totals = CAST(%(totals)s AS jsonb),
     cutoff = CAST(%(cutoff)s AS timestamptz), rows_loaded = %(rows_loaded)s, rows_classified = %(rows_classified)s,
+    unmapped_types = CAST(%(unmapped_types)s AS jsonb), inconsistent_rows = CAST(%(inconsistent_rows)s AS jsonb),
     error = NULL, finished_at = now(), updated_at = now()
 WHERE id = CAST(%(run_id)s AS uuid)
 """
@@ -249,11 +254,15 @@ WHERE id = CAST(%(run_id)s AS uuid)
 TRY_RUN_LOCK = "SELECT pg_try_advisory_xact_lock(CAST(%(run_lock_class)s AS integer), hashtext(%(run_id)s))"
 WAIT_FOR_OTHER_RUNS = "SELECT pg_advisory_xact_lock(CAST(%(lock_class)s AS integer), CAST(%(key)s AS integer))"
 RUN_STATUS = "SELECT status FROM reconciliation_runs WHERE id = CAST(%(run_id)s AS uuid)"
-# As ISO 8601 text: both kinds of session return it alike.
+# As ISO 8601 text: both kinds of session return it alike. NULL when no row has a timestamp.
 LATEST_ROW_TIME = """
-SELECT to_char(COALESCE(max(created_at), now()) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
+SELECT to_char(max(created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
 FROM settlement_staging
 """
+NO_ROW_TIMES = (
+    "no row of the report has a timestamp, so it does not say up to when it settles orders. Give a --cutoff"
+    " (\"cutoff\" in the API): confirmed orders created after it are not expected in the report."
+)
 
 
 @dataclass(frozen=True)
@@ -262,6 +271,7 @@ class RunPlan:
     format: str
     requested_cutoff: datetime | None = None
     column_map: dict[str, str] | None = None  # generic format: field -> header name
+    timezone: str | None = None  # IANA name: where the report's local times are
 
 
 def reconcile(
@@ -291,7 +301,8 @@ def reconcile(
         session.execute(CREATE_STAGING)
         on_progress(Progress("LOADING"))
         with open_report(report) as text:
-            rows = ReportRows(report, SettlementReader(text, plan.format, plan.column_map), stop)
+            reader = SettlementReader(text, plan.format, plan.column_map, timezone=plan.timezone)
+            rows = ReportRows(report, reader, stop)
             try:
                 rows_loaded = session.load_staging(rows, lambda loaded: on_progress(Progress("LOADING", loaded)))
             except ValueRefused as exc:
@@ -306,8 +317,10 @@ def reconcile(
         cutoff = plan.requested_cutoff
         if cutoff is None:
             [(latest,)] = session.rows(LATEST_ROW_TIME)
+            if latest is None:  # never the time of the run: that would expect every order so far
+                raise SettlementReportError(NO_ROW_TIMES)
             cutoff = datetime.fromisoformat(latest)
-        provider = rows.reader.provider
+        provider = reader.provider
         session.execute(MATCH_ORDERS, {"provider": provider})
         session.execute(MATCH_ORDERS_BY_ALT_REFERENCE, {"provider": provider})
         session.execute("ANALYZE settlement_matches")
@@ -327,11 +340,15 @@ def reconcile(
         session.execute(UPDATE_PAYMENT_STATUS, {"run_id": plan.run_id})
         session.execute(INSERT_PAYMENT_STATUS, {"run_id": plan.run_id})
         result = RunResult(counts=counts, totals=totals, cutoff=cutoff,
-                           rows_loaded=rows_loaded, rows_classified=rows_loaded)
+                           rows_loaded=rows_loaded, rows_classified=rows_loaded,
+                           unmapped_types=reader.notes.unmapped_types_result(),
+                           inconsistent_rows=reader.notes.inconsistent_rows_result())
         session.execute(DROP_WORKING_TABLES)
         session.execute(COMPLETE_RUN, {
             "run_id": plan.run_id, "counts": json.dumps(counts), "totals": json.dumps(totals),
             "cutoff": cutoff.isoformat(), "rows_loaded": rows_loaded, "rows_classified": rows_loaded,
+            "unmapped_types": json.dumps(result.unmapped_types),
+            "inconsistent_rows": json.dumps(result.inconsistent_rows) if result.inconsistent_rows else None,
         })
     on_progress(Progress("COMPLETED", rows_loaded=rows_loaded, rows_classified=rows_loaded))
     return result

@@ -76,15 +76,15 @@ class BackgroundRuns:
             self.recovered.set()
 
     def start(self, report: SettlementFile, format: str | None = None, cutoff: datetime | None = None,
-              column_map: dict[str, str] | None = None) -> dict[str, Any]:
+              column_map: dict[str, str] | None = None, timezone: str | None = None) -> dict[str, Any]:
         """Submit a report and, unless its run is complete or held elsewhere, execute it in the background."""
         if self._draining:
             report.discard()
             raise ShuttingDown("this service instance is shutting down; send the request again")
         if self._claims is None:
-            return self._start_unclaimed(report, format, cutoff, column_map)
+            return self._start_unclaimed(report, format, cutoff, column_map, timezone)
         try:
-            run, run_key = self.service.submit_claimed(report, format, cutoff, self._claims, column_map)
+            run, run_key = self.service.submit_claimed(report, format, cutoff, self._claims, column_map, timezone)
         except BaseException:
             report.discard()
             raise
@@ -95,11 +95,11 @@ class BackgroundRuns:
         return run
 
     def _start_unclaimed(self, report: SettlementFile, format: str | None, cutoff: datetime | None,
-                         column_map: dict[str, str] | None) -> dict[str, Any]:
+                         column_map: dict[str, str] | None, timezone: str | None) -> dict[str, Any]:
         # Through the Data API no session outlives a request, so there are no claims: a run is
         # queued once per process, and the engine's run lock still executes it once.
         try:
-            run = self.service.submit(report, format, cutoff, column_map)
+            run = self.service.submit(report, format, cutoff, column_map, timezone)
         except BaseException:
             report.discard()
             raise

@@ -60,7 +60,9 @@ class ReportRows:
         self.reader.raise_if_malformed()
 
     def copy_text(self, block_rows: int = LINES_PER_BLOCK) -> Iterator[tuple[str | bytes, int]]:
-        """(COPY text, records in it) blocks; a large report is read by several processes."""
+        """(COPY text, records in it) blocks; a large report is read by several processes.
+
+        What the processes noticed is merged into `reader.notes` once they are done."""
         readers = readers_for(self.path.stat().st_size)
         if readers > 1:
             yield from copy_blocks(self.path, self.reader, readers, self.stop)
@@ -123,7 +125,8 @@ def copy_blocks(path: Path, reader: SettlementReader, readers: int,
             receiving, sending = context.Pipe(duplex=False)
             process = context.Process(
                 target=_read_range, daemon=True,
-                args=(str(path), start, end, lines_before, reader.header, reader.format, reader.column_map, sending))
+                args=(str(path), start, end, lines_before, reader.header, reader.format, reader.column_map,
+                      reader.timezone, sending))
             process.start()
             sending.close()
             channels.append(receiving)
@@ -143,7 +146,9 @@ def copy_blocks(path: Path, reader: SettlementReader, readers: int,
                     count, _, text = body.partition(b"\n")
                     yield text, int(count)
                 elif kind == _DONE:
-                    errors.extend(json.loads(body))
+                    done = json.loads(body)
+                    errors.extend(done["errors"])
+                    reader.notes.merge(done["notes"])
                     open_channels.remove(channel)
                 else:
                     raise SettlementReportError(body.decode())
@@ -159,12 +164,13 @@ def copy_blocks(path: Path, reader: SettlementReader, readers: int,
 
 
 def _read_range(path: str, start: int, end: int, lines_before: int, header: list[str], format: str,
-                column_map: dict[str, str], channel: Connection) -> None:
+                column_map: dict[str, str], timezone: str | None, channel: Connection) -> None:
     try:
         with open(path, "rb") as raw:
             raw.seek(start)
             text = io.TextIOWrapper(io.BufferedReader(_Range(raw, end - start)), encoding="utf-8", newline="")
-            reader = SettlementReader(text, format, column_map, header=header, lines_before=lines_before)
+            reader = SettlementReader(text, format, column_map, timezone=timezone, header=header,
+                                      lines_before=lines_before)
             lines: list[str] = []
             for record in reader.records():
                 lines.append(copy_line(record))
@@ -175,7 +181,7 @@ def _read_range(path: str, start: int, end: int, lines_before: int, header: list
                     break
             if lines:
                 channel.send_bytes(_DATA + f"{len(lines)}\n{''.join(lines)}".encode())
-            channel.send_bytes(_DONE + json.dumps(reader.errors).encode())
+            channel.send_bytes(_DONE + json.dumps({"errors": reader.errors, "notes": reader.notes.as_dict()}).encode())
     except SettlementReportError as exc:
         channel.send_bytes(_REFUSED + str(exc).encode())
     finally:

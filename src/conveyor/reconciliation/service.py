@@ -40,14 +40,16 @@ from conveyor.reconciliation.sessions import DataApiRunSession, DirectRunSession
 from conveyor.reconciliation.sources import SettlementFile
 
 RUN_COLUMNS = """
-id, status, source, format, column_map, content_sha256, requested_cutoff, cutoff, rows_loaded, rows_classified,
-counts, totals, error, attempts, created_at, started_at, finished_at, updated_at
+id, status, source, format, column_map, timezone, content_sha256, requested_cutoff, cutoff, rows_loaded,
+rows_classified, counts, totals, unmapped_types, inconsistent_rows, error, attempts, created_at, started_at,
+finished_at, updated_at
 """
 
 SUBMIT_RUN = f"""
 WITH inserted AS (
-    INSERT INTO reconciliation_runs (id, run_key, content_sha256, source, format, column_map, requested_cutoff, status)
-    VALUES (CAST(:id AS uuid), :run_key, :sha256, :source, :format, CAST(:column_map AS jsonb),
+    INSERT INTO reconciliation_runs (id, run_key, content_sha256, source, format, column_map, timezone,
+                                     requested_cutoff, status)
+    VALUES (CAST(:id AS uuid), :run_key, :sha256, :source, :format, CAST(:column_map AS jsonb), :timezone,
             CAST(:cutoff AS timestamptz), 'QUEUED')
     ON CONFLICT (run_key) DO NOTHING
     RETURNING {RUN_COLUMNS}
@@ -286,18 +288,19 @@ class ReconciliationService:
         self.logger = logger or get_logger("conveyor-reconciliation")
 
     def submit(self, report: SettlementFile, format: str | None = None, cutoff: datetime | None = None,
-               column_map: dict[str, str] | None = None) -> dict[str, Any]:
+               column_map: dict[str, str] | None = None, timezone: str | None = None) -> dict[str, Any]:
         """The run for this report: an existing one for the same content, or a new QUEUED one.
 
         Its `needs_execution` says whether it still has to be executed (it is not
         COMPLETED; a FAILED run is queued again, so submitting again restarts it).
-        `column_map` reads a generic report's fields from other columns ({"reference": "Order Ref"}).
+        `column_map` reads a generic report's fields from other columns ({"reference": "Order Ref"});
+        `timezone` (IANA name) places the report's local times, e.g. Stripe's `created`.
         """
-        run, _ = self._submit(report, format, cutoff, column_map, claims=None)
+        run, _ = self._submit(report, format, cutoff, column_map, timezone, claims=None)
         return run
 
     def submit_claimed(self, report: SettlementFile, format: str | None, cutoff: datetime | None,
-                       claims: RunClaims, column_map: dict[str, str] | None = None,
+                       claims: RunClaims, column_map: dict[str, str] | None = None, timezone: str | None = None,
                        ) -> tuple[dict[str, Any], str | None]:
         """Submit a report and claim its run for this process before the run's row is written.
 
@@ -305,26 +308,32 @@ class ReconciliationService:
         it once done). None, and `needs_execution` false, when the run is COMPLETED or a live
         process (this one included) already has it queued or executing.
         """
-        return self._submit(report, format, cutoff, column_map, claims)
+        return self._submit(report, format, cutoff, column_map, timezone, claims)
 
     def _submit(self, report: SettlementFile, format: str | None, cutoff: datetime | None,
-                column_map: dict[str, str] | None, claims: RunClaims | None) -> tuple[dict[str, Any], str | None]:
+                column_map: dict[str, str] | None, timezone: str | None,
+                claims: RunClaims | None) -> tuple[dict[str, Any], str | None]:
         if format is not None and format not in FORMATS:
             raise ReconciliationError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
         if cutoff is not None and cutoff.tzinfo is None:
             raise ReconciliationError("the cutoff needs a time zone, e.g. 2026-10-31T23:59:59+00:00")
         with report.open_text() as text:  # refuse an unreadable report now, not later
-            reader = SettlementReader(text, format, column_map)
-        format, column_map = reader.format, reader.column_map
+            reader = SettlementReader(text, format, column_map, timezone=timezone)
+        if cutoff is None and reader.timestamp_problem:
+            raise SettlementReportError(reader.timestamp_problem)
+        format, column_map, timezone = reader.format, reader.column_map, reader.timezone
         requested_cutoff = cutoff.isoformat() if cutoff else None
-        # The mapping decides what the report says, so it is part of the run; without one, keys stay as before.
+        # The mapping and the time zone decide what the report says, so they are part of the run
+        # (where the reader uses them); without them, keys stay as before.
         mapping = json.dumps(column_map, sort_keys=True) if column_map else None
         identity = f"{report.sha256}\n{format}\n{requested_cutoff or ''}"
         if mapping:
             identity += f"\n{mapping}"
+        if timezone:
+            identity += f"\ntimezone={timezone}"
         run_key = hashlib.sha256(identity.encode()).hexdigest()
         params = {"id": str(uuid.uuid4()), "run_key": run_key, "sha256": report.sha256, "source": report.source,
-                  "format": format, "column_map": mapping, "cutoff": requested_cutoff}
+                  "format": format, "column_map": mapping, "timezone": timezone, "cutoff": requested_cutoff}
         claimed = claims is not None and claims.take(run_key)
         try:
             run = self.database.fetch_json(SUBMIT_RUN, params)
@@ -351,7 +360,7 @@ class ReconciliationService:
             raise ReconciliationError(f"no reconciliation run {run_id}; submit the report first")
         requested_cutoff = datetime.fromisoformat(run["requested_cutoff"]) if run["requested_cutoff"] else None
         plan = RunPlan(run_id=run_id, format=run["format"], column_map=run["column_map"],
-                       requested_cutoff=requested_cutoff)
+                       timezone=run["timezone"], requested_cutoff=requested_cutoff)
         log = {"run_id": run_id, "source": run["source"], "format": run["format"]}
 
         started = threading.Event()
@@ -465,10 +474,12 @@ def _is_uuid(value: str) -> bool:
 
 
 def _in_category_order(run: dict[str, Any] | None) -> dict[str, Any] | None:
-    # jsonb keeps keys sorted; show them in the documented order.
+    # jsonb keeps keys sorted; show them in the documented order (unmapped types: most rows first).
     if run and run["counts"]:
         run["counts"] = {category: run["counts"].get(category, 0) for category in CATEGORIES}
     if run and run["totals"]:
         run["totals"] = {currency: {field: amounts[field] for field in TOTAL_FIELDS}
                          for currency, amounts in run["totals"].items()}
+    if run and run["unmapped_types"]:
+        run["unmapped_types"] = dict(sorted(run["unmapped_types"].items(), key=lambda item: (-item[1], item[0])))
     return run

@@ -7,6 +7,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from conveyor.adapters.database import Database
 from conveyor.domain.money import is_currency
@@ -18,6 +19,12 @@ CREATE_CLIENT = """
 INSERT INTO clients (id, name, api_key_hash)
 VALUES (CAST(:id AS uuid), :name, :key_hash)
 ON CONFLICT (name) DO NOTHING
+"""
+
+# A revoked client keeps its row (its orders reference it); no SHA-256 hex digest equals this hash.
+REVOKE_CLIENT = """
+UPDATE clients SET api_key_hash = 'revoked:' || id::text
+WHERE name = :name AND left(api_key_hash, 8) <> 'revoked:'
 """
 
 UPSERT_CATALOG = """
@@ -45,8 +52,17 @@ class NewClient:
     api_key: str
 
 
-def create_client(database: Database, name: str, api_key: str | None = None) -> NewClient:
-    """Create a client; its key is returned once and stored only as a hash."""
+class ApiKeyRegistry(Protocol):
+    """Where the stage's gateway validates keys (API Gateway under a usage plan on AWS)."""
+
+    def register(self, name: str, api_key: str) -> None: ...
+
+    def revoke(self, name: str) -> int: ...
+
+
+def create_client(database: Database, name: str, api_key: str | None = None,
+                  registry: ApiKeyRegistry | None = None) -> NewClient:
+    """Create a client; its key is returned once and stored only as a hash (and in the registry, if any)."""
     if not name.strip():
         raise AdminError("a client needs a non-empty name")
     key = api_key or "cvk_" + secrets.token_urlsafe(32)
@@ -56,7 +72,22 @@ def create_client(database: Database, name: str, api_key: str | None = None) -> 
     )
     if created == 0:
         raise AdminError(f"a client named {name!r} already exists; choose another name")
+    if registry is not None:
+        try:
+            registry.register(name, key)
+        except AdminError:
+            # The gateway would refuse the key: leave no client that can never be used.
+            database.execute("DELETE FROM clients WHERE id = CAST(:id AS uuid)", {"id": str(client.id)})
+            raise
     return client
+
+
+def revoke_client(database: Database, name: str, registry: ApiKeyRegistry | None = None) -> None:
+    """Stop a client's key working: removed from the gateway, its hash replaced so nothing matches it."""
+    revoked = database.execute(REVOKE_CLIENT, {"name": name})
+    removed = registry.revoke(name) if registry is not None else 0
+    if revoked == 0 and removed == 0:
+        raise AdminError(f"no active client named {name!r}; nothing to revoke")
 
 
 def read_catalog_csv(path: Path) -> list[dict]:

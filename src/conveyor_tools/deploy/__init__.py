@@ -1,0 +1,1 @@
+"""`conveyor deploy` and `conveyor destroy`: CloudFormation stacks, Lambda packages, the image, the migrations."""
