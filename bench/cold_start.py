@@ -22,7 +22,8 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
-from conveyor_tools.packaging import APPS, build_lambda_packages, stage_lambda_runtime_libraries
+from conveyor_tools.deploy.run import package_offline
+from conveyor_tools.packaging import APPS, stage_lambda_runtime_libraries
 
 TARGET_MS = 300
 STRETCH_MS = 200
@@ -75,7 +76,7 @@ def main() -> int:
         if packages is None or not all((packages / app / "deployment.zip").is_file() for app in APPS):
             packages = scratch_dir / "packages"
             say(f"building the Lambda packages into {packages}")
-            build_lambda_packages(packages, progress=say)
+            package_offline("dev", packages, say)
         libraries = stage_lambda_runtime_libraries(scratch_dir / "runtime")
         # The runtime's boto3 comes with its bytecode, as pip installs it.
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(libraries)], check=True, capture_output=True)

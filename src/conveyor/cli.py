@@ -282,10 +282,11 @@ def cmd_destroy(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    from conveyor_tools.packaging import MAX_PACKAGE_BYTES, build_lambda_packages
+    from conveyor_tools.deploy.run import package_offline
+    from conveyor_tools.packaging import MAX_PACKAGE_BYTES
 
-    packages = build_lambda_packages(Path(args.out), stage=args.stage,
-                                     progress=lambda text: console.print(text, soft_wrap=True, markup=False))
+    packages = package_offline(args.stage, Path(args.out),
+                               lambda text: console.print(text, soft_wrap=True, markup=False))
     sizes = {app: (path / "deployment.zip").stat().st_size for app, path in packages.items()}
     print(json.dumps({"packages": {app: str(path) for app, path in packages.items()}, "zip_bytes": sizes,
                       "within_budget": all(size <= MAX_PACKAGE_BYTES for size in sizes.values())},
@@ -384,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     package = commands.add_parser("package", help="build the API's and the worker's Lambda packages and templates"
                                   " (chalice package): OUT/api and OUT/worker, each deployment.zip + sam.json")
     package.add_argument("--out", required=True, help="folder to write them into")
-    package.add_argument("--stage", default="dev", help="Chalice stage in .chalice/config.json (default dev)")
+    package.add_argument("--stage", default="dev", help="the stage whose policies and settings they carry"
+                         " (infra/stages/STAGE.json, else dev's; default dev)")
     package.set_defaults(func=cmd_package)
     return parser
 

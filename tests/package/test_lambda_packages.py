@@ -22,7 +22,8 @@ from support import Shop
 
 from conveyor.dataapi.client import DATABASE_VARIABLE, RESOURCE_ARN_VARIABLE, SECRET_ARN_VARIABLE
 from conveyor.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
-from conveyor_tools.packaging import MAX_PACKAGE_BYTES, build_lambda_packages, stage_lambda_runtime_libraries
+from conveyor_tools.deploy.run import package_offline
+from conveyor_tools.packaging import MAX_PACKAGE_BYTES, stage_lambda_runtime_libraries
 
 pytestmark = pytest.mark.package
 
@@ -61,7 +62,8 @@ print("\nRESULT " + json.dumps({"answers": answers, "files": files}))
 
 @pytest.fixture(scope="session")
 def lambda_packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return build_lambda_packages(tmp_path_factory.mktemp("lambda-packages"), progress=lambda text: None)
+    """The dev stage's packages, as `conveyor package --out DIR` builds them."""
+    return package_offline("dev", tmp_path_factory.mktemp("lambda-packages"), lambda text: None)
 
 
 @pytest.fixture(scope="session")

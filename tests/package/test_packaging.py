@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from conveyor_tools.deploy.run import package_offline
 from conveyor_tools.packaging import (
     PackagingError,
-    build_lambda_packages,
     deep_merge,
     lambda_requirements,
     prepare_project,
@@ -47,26 +47,27 @@ def test_the_worker_project_gets_the_stage_settings_the_runtime_package_and_its_
         "worker", ROOT, project, stage="dev",
         stage_settings={"environment_variables": {"ORDERS_QUEUE_URL": "https://sqs.example/orders"}},
         merge_template={"Resources": {"HandleOrders": {"Properties": {"Events": {"HandleOrdersSqsEventSource": {
-            "Properties": {"ScalingConfig": {"MaximumConcurrency": 10}}}}}}}},
+            "Properties": {"MaximumBatchingWindowInSeconds": 5}}}}}}},
     )
     config = json.loads((project / ".chalice" / "config.json").read_text())
-    assert config["stages"]["dev"]["environment_variables"] == {
-        "LOG_LEVEL": "INFO", "POWERTOOLS_SERVICE_NAME": "conveyor-worker",
-        "ORDERS_QUEUE_URL": "https://sqs.example/orders"}
+    assert config["stages"]["dev"] == {"iam_policy_file": "policy-dev.json",
+                                       "environment_variables": {"ORDERS_QUEUE_URL": "https://sqs.example/orders"}}
+    assert config["environment_variables"]["POWERTOOLS_SERVICE_NAME"] == "conveyor-worker"
     assert (project / "vendor" / "conveyor" / "bootstrap.py").is_file()
     built = {path.relative_to(project).parts for path in project.rglob("*")}
     assert not [parts for parts in built if "conveyor_tools" in parts or "__pycache__" in parts or "tests" in parts]
     assert (project / "requirements.txt").read_text().split() == lambda_requirements(ROOT / "pyproject.toml")
     source = json.loads(merge_file.read_text())["Resources"]["HandleOrders"]["Properties"]["Events"][
         "HandleOrdersSqsEventSource"]["Properties"]
-    assert source == {"FunctionResponseTypes": ["ReportBatchItemFailures"], "ScalingConfig": {"MaximumConcurrency": 10}}
+    assert source == {"FunctionResponseTypes": ["ReportBatchItemFailures"], "ScalingConfig": {"MaximumConcurrency": 10},
+                      "MaximumBatchingWindowInSeconds": 5}
 
 
 def test_a_stage_the_config_lacks_is_created_and_an_app_without_merge_template_gets_none(tmp_path):
     project = tmp_path / "api"
-    assert prepare_project("api", ROOT, project, stage="prod", stage_settings={"api_gateway_stage": "v1"},
+    assert prepare_project("api", ROOT, project, stage="qa", stage_settings={"api_gateway_stage": "v1"},
                            merge_template={}) is None
-    assert json.loads((project / ".chalice" / "config.json").read_text())["stages"]["prod"] == {
+    assert json.loads((project / ".chalice" / "config.json").read_text())["stages"]["qa"] == {
         "api_gateway_stage": "v1"}
 
 
@@ -80,7 +81,7 @@ def test_an_unreachable_package_index_is_named_as_the_cause(tmp_path, monkeypatc
         monkeypatch.setenv(name, value)
     messages: list[str] = []
     with pytest.raises(PackagingError, match="pip could not reach the package index") as failure:
-        build_lambda_packages(tmp_path / "out", progress=messages.append)
+        package_offline("dev", tmp_path / "out", messages.append)
     assert "PIP_INDEX_URL" in str(failure.value)
     assert not list((tmp_path / "out").rglob("deployment.zip"))
     assert any("preparing the Chalice project" in message for message in messages)
