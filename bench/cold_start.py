@@ -77,6 +77,7 @@ def main() -> int:
             packages = scratch_dir / "packages"
             say(f"building the Lambda packages into {packages}")
             package_offline("dev", packages, say)
+        sizes = {app: (packages / app / "deployment.zip").stat().st_size for app in APPS}
         libraries = stage_lambda_runtime_libraries(scratch_dir / "runtime")
         # The runtime's boto3 comes with its bytecode, as pip installs it.
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(libraries)], check=True, capture_output=True)
@@ -90,7 +91,6 @@ def main() -> int:
         say(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; read the figures against it")
         timer(cases, rounds=1)  # warms the page cache; not counted
         samples = timer(cases, rounds=args.runs)
-        sizes = {app: (packages / app / "deployment.zip").stat().st_size for app in APPS}
         breakdown = {app: by_top_level_package(timed_import(*cases[app], importtime=True).stderr) for app in APPS}
 
     boto3_ms = statistics.median(samples["boto3"])
