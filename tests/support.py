@@ -18,11 +18,12 @@ from conveyor.services.admin import NewClient, create_client, import_catalog
 from conveyor.services.processing import QueueRecord
 
 
-def order_body(lines: list[tuple[str, int]], amount: int, currency: str = "USD", reference: str = "pi_test") -> dict:
+def order_body(lines: list[tuple[str, int]], amount: int, currency: str = "USD", reference: str | None = None) -> dict:
+    """An order request; its payment reference is new unless given (one payment settles one order)."""
     return {
         "currency": currency,
         "lines": [{"sku": sku, "quantity": quantity} for sku, quantity in lines],
-        "payment": {"provider": "stripe", "reference": reference, "amount": amount},
+        "payment": {"provider": "stripe", "reference": reference or f"pi_{uuid.uuid4().hex}", "amount": amount},
     }
 
 
@@ -44,11 +45,12 @@ class Shop:
         return create_client(self.database, f"client-{uuid.uuid4().hex[:8]}")
 
     def place(self, key: str, lines: list[tuple[str, int]], amount: int | None = None,
-              client: NewClient | None = None, message_id: str | None = None) -> tuple[QueueRecord, uuid.UUID]:
+              client: NewClient | None = None, message_id: str | None = None,
+              reference: str | None = None) -> tuple[QueueRecord, uuid.UUID]:
         client = client or self.client
         if amount is None:
             amount = sum(self.prices.get(sku, 0) * quantity for sku, quantity in lines)
-        order = order_body(lines, amount, self.currency, reference=f"pi_{key}")
+        order = order_body(lines, amount, self.currency, reference=reference or f"pi_{key}")
         order_id = order_id_for(client.id, key)
         message = place_message(
             order_id=order_id, client_id=client.id, idempotency_key=key,

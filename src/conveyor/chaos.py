@@ -30,7 +30,7 @@ from typing import Any, Callable
 from sqlalchemy.engine import make_url
 
 from conveyor.adapters.database import Database, create_engine_for
-from conveyor.adapters.order_store import APPLY_BATCH_PLAN, OrderStore, plan_body
+from conveyor.adapters.order_store import APPLY_BATCH_PLAN, OrderStore, plan_json
 from conveyor.domain.orders import order_id_for, request_fingerprint
 from conveyor.messages import cancel_message, place_message
 from conveyor.services.admin import create_client, import_catalog
@@ -188,12 +188,12 @@ class FaultyStore(OrderStore):
 
     fault: str | None = None
 
-    def read_batch_state(self, order_ids, skus):
+    def read_batch_state(self, order_ids, skus, payments):
         if self.fault == "database_fault":
             raise InjectedFault("connection reset by peer (injected)")
         if self.fault == "cluster_paused":
             raise InjectedFault("DatabaseResumingException: the cluster is resuming (injected)")
-        return super().read_batch_state(order_ids, skus)
+        return super().read_batch_state(order_ids, skus, payments)
 
     def apply(self, plan):
         if self.fault == "crash_before_commit":
@@ -209,12 +209,12 @@ class FaultyStore(OrderStore):
 class NaiveStore(FaultyStore):
     """The classic bug: effects not tied to the idempotent claim. The harness must catch it."""
 
-    def read_batch_state(self, order_ids, skus):
-        catalog, _ = super().read_batch_state(order_ids, skus)
-        return catalog, {}  # never asks whether a message was already processed
+    def read_batch_state(self, order_ids, skus, payments):
+        catalog, _, payment_holders = super().read_batch_state(order_ids, skus, payments)
+        return catalog, {}, payment_holders  # never asks whether a message was already processed
 
     def apply(self, plan):
-        return self.database.fetch_json(NAIVE_APPLY_BATCH_PLAN, {"plan": json.dumps(plan_body(plan))})
+        return self.database.fetch_json(NAIVE_APPLY_BATCH_PLAN, {"plan": plan_json(plan)})
 
 
 # Reserves stock for every planned confirmation, whether or not this delivery inserted the order.

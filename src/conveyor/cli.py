@@ -401,12 +401,13 @@ def main(argv: list[str] | None = None) -> int:
         from conveyor.loadgen import LoadError
         from conveyor.reconciliation.formats import SettlementReportError
         from conveyor.reconciliation.service import ReconciliationError
+        from conveyor.reconciliation.sources import SourceRefused, SourceUnreadable
         from conveyor.services.admin import AdminError
         from conveyor_tools.deploy.plan import DeployError
         from conveyor_tools.packaging import PackagingError
 
         if isinstance(exc, (AdminError, DeployError, LoadError, FileNotFoundError, PackagingError,
-                            SettlementReportError, ReconciliationError)):
+                            SettlementReportError, ReconciliationError, SourceRefused, SourceUnreadable)):
             console.print(f"[red]error:[/red] {exc}")
             return 2
         raise

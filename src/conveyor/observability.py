@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import re
+import traceback
 import uuid
+from urllib.parse import unquote, urlsplit
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
@@ -18,6 +21,48 @@ def get_logger(service: str) -> Logger:
 
 def new_correlation_id() -> str:
     return str(uuid.uuid4())
+
+
+MAX_ERROR_TEXT = 500
+# Variables whose values are secrets, or hold one (a URL's password).
+SECRET_VARIABLES = ("CONSOLE_ADMIN_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "DATABASE_URL")
+_URL_PASSWORD = re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
+_PASSWORD_SETTING = re.compile(r"(?i)(password\s*=\s*)('[^']*'|\S+)")
+# SQLAlchemy appends the statement, its parameters and a link to its errors.
+_SQLALCHEMY_DETAILS = re.compile(r"\s*(\[SQL: |\[parameters: |\(Background on this error at: ).*", re.DOTALL)
+
+
+def describe_error(exc: BaseException) -> str:
+    """`Type: message` of an exception, fit for a log line, a run's error or an answer.
+
+    Without SQL parameters, passwords in URLs or settings, or the value of any secret in the
+    environment, and bounded: drivers quote connection strings and statements in their errors.
+    """
+    text = _SQLALCHEMY_DETAILS.sub("", str(exc))
+    text = _PASSWORD_SETTING.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
+    for secret in _secrets_in_environment():
+        text = text.replace(secret, "***")
+    return f"{type(exc).__name__}: {text}"[:MAX_ERROR_TEXT]
+
+
+def log_failure(logger: Logger, message: str, exc: BaseException, **extra: object) -> None:
+    """Log an exception as describe_error has it, with its stack's frames but none of its values."""
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    logger.error(message, extra={**extra, "error": describe_error(exc), "stack": frames})
+
+
+def _secrets_in_environment() -> set[str]:
+    secrets = set()
+    for name in SECRET_VARIABLES:
+        value = os.environ.get(name) or ""
+        if name == "DATABASE_URL":
+            try:
+                value = urlsplit(value).password or ""
+            except ValueError:
+                value = ""
+            secrets.add(unquote(value))
+        secrets.add(value)
+    return {secret for secret in secrets if len(secret) >= 4}  # too short to redact without mangling the text
 
 
 METRICS_NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Conveyor")

@@ -245,3 +245,18 @@ def test_reconcile_refuses_another_kind_of_report_and_a_report_that_says_no_time
     assert no_time.returncode == 2 and "--cutoff" in no_time.stderr
     assert summary_of(conveyor("reconcile", str(timeless), "--cutoff", "2026-10-31T00:00:00+00:00",
                                database_url=database_url))["unknown_payment"] == 1
+
+
+def test_reconcile_reads_any_path_its_user_names_whatever_the_console_is_confined_to(
+        database, database_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVEYOR_REPORT_DIR", str(tmp_path / "console-reports"))  # the console's rule only
+    (tmp_path / "generic.csv").write_text(f"reference,currency,amount\nCLI-{uuid.uuid4().hex[:8]},USD,1.00\n")
+
+    relative = conveyor("reconcile", "generic.csv", "--cutoff", "2026-10-31T00:00:00+00:00",
+                        database_url=database_url, cwd=tmp_path)
+
+    assert relative.returncode == 0, relative.stderr
+    assert summary_of(relative)["unknown_payment"] == 1
+    refused = conveyor("reconcile", "s3://Not_A_Bucket/x.csv", database_url=database_url)
+    assert refused.returncode == 2 and "s3://bucket/path/to/report.csv" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -46,6 +46,7 @@ def recon_database(database: Database) -> Database:
 def services(recon_database, database_url, monkeypatch, tmp_path):
     monkeypatch.setenv("CONSOLE_ADMIN_TOKEN", TOKEN)
     monkeypatch.setenv("CONVEYOR_SPOOL_DIR", str(tmp_path / "spool"))
+    monkeypatch.setenv("CONVEYOR_REPORT_DIR", str(tmp_path))  # local paths are read only under it
     built = Services(lambda: DatabaseSettings(direct_url=database_url))
     yield built
     built.drain(10)
@@ -133,7 +134,8 @@ def test_an_s3_source(client, monkeypatch):
 
 @pytest.mark.parametrize(("body", "code", "words"), [
     ({"nothing": 1}, "invalid_report", "source"),
-    ({"source": "/no/such/report.csv"}, "source_not_found", "no such file"),
+    ({"source": "MISSING"}, "source_not_found", "no such file"),
+    ({"source": "/no/such/report.csv"}, "source_refused", "outside the report folder"),
     ({"source": "PLACEHOLDER", "format": "paypal"}, "invalid_report", "unknown format"),
     ({"source": "PLACEHOLDER", "cutoff": "yesterday"}, "invalid_report", "ISO 8601"),
     ({"source": "PLACEHOLDER", "cutoff": "2026-10-31T00:00:00"}, "invalid_report", "time zone"),
@@ -143,7 +145,8 @@ def test_an_s3_source(client, monkeypatch):
 def test_bad_requests_say_what_to_send(client, tmp_path, body, code, words):
     path = tmp_path / "report.csv"
     path.write_bytes(REPORT)
-    body = {key: str(path) if value == "PLACEHOLDER" else value for key, value in body.items()}
+    named = {"PLACEHOLDER": str(path), "MISSING": str(tmp_path / "missing.csv")}
+    body = {key: named.get(value, value) for key, value in body.items()}
 
     answer = client.post("/api/reconciliations", headers=AUTH, json=body)
 

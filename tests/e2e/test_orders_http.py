@@ -227,12 +227,13 @@ def test_the_worker_publishes_embedded_metrics(api, skus, capfd):
 
 def test_injection_strings_are_stored_verbatim_and_never_executed(api, skus, session_database):
     hostile = "'); DROP TABLE orders; -- <script>alert(1)</script> \u202e ${jndi:ldap://x}"
-    body = order_body([(skus["plenty"], 1)], 1000, reference=hostile) | {"customer": {"name": hostile}}
+    reference = f"{hostile} {uuid.uuid4().hex}"  # a payment settles one order: each run pays anew
+    body = order_body([(skus["plenty"], 1)], 1000, reference=reference) | {"customer": {"name": hostile}}
 
     order_id = api.post_order(body, key="injection").json()["order_id"]
     order = api.wait_settled(order_id)
 
     assert order["status"] == "CONFIRMED"
-    assert order["payment"]["reference"] == hostile
+    assert order["payment"]["reference"] == reference
     assert order["details"]["customer"]["name"] == hostile
     assert session_database.fetch_json("SELECT to_json(count(*))::text FROM orders") >= 1

@@ -238,3 +238,135 @@ def test_concurrent_workers_never_oversell_or_duplicate(database, worker_databas
         assert available >= 0
         assert available + reserved == initial[sku]
         assert reserved == reserved_by_orders.get(sku, 0)
+
+
+# --- a payment settles at most one order ---------------------------------------------------------
+
+USED = "payment reference already used by another order: stripe pi_shared"
+
+
+def order_row(shop: Shop, order_id) -> tuple[str, str | None]:
+    return tuple(shop.database.fetch_json(
+        "SELECT json_build_array(status, rejection_reason)::text FROM orders WHERE id = CAST(:id AS uuid)",
+        {"id": str(order_id)}))
+
+
+def test_two_orders_with_one_payment_in_one_batch_confirm_the_first_only(shop, processor):
+    first, first_id = shop.place("k1", [("A-1", 1)], reference="pi_shared")
+    second, second_id = shop.place("k2", [("A-1", 2)], reference="pi_shared")
+    resent, _ = shop.place("k1", [("A-1", 1)], reference="pi_shared")  # the client's retry of the first
+
+    result = processor.process([first, second, resent])
+
+    assert result.failed_message_ids == []
+    assert result.outcomes == Counter({"confirmed": 1, "rejected": 1, "duplicate": 1})
+    assert order_row(shop, first_id) == ("CONFIRMED", None)
+    assert order_row(shop, second_id) == ("REJECTED", USED)
+    assert shop.events(second_id) == [(None, "REJECTED")]
+    cause = shop.database.fetch_json(
+        "SELECT to_json(cause)::text FROM order_events WHERE order_id = CAST(:id AS uuid)", {"id": str(second_id)})
+    assert cause == USED
+    assert shop.stock()["A-1"] == (9, 1)
+
+    # Redelivered later, neither changes: the holder is not rejected by its own reference.
+    assert processor.process([second, first]).outcomes == Counter({"duplicate": 2})
+    assert order_row(shop, first_id) == ("CONFIRMED", None)
+
+
+def test_another_clients_order_cannot_take_a_held_payment(shop, processor):
+    mine, mine_id = shop.place("k1", [("A-1", 1)], reference="pi_shared")
+    processor.process([mine])
+
+    theirs, theirs_id = shop.place("k1", [("A-1", 1)], client=shop.new_client(), reference="pi_shared")
+    processor.process([theirs])
+
+    assert order_row(shop, theirs_id) == ("REJECTED", USED)
+    assert order_row(shop, mine_id) == ("CONFIRMED", None)
+
+
+def test_a_turned_down_order_frees_its_payment_for_a_retry(shop, processor):
+    underpaid, underpaid_id = shop.place("k1", [("A-1", 1)], amount=1, reference="pi_shared")
+    retry, retry_id = shop.place("k2", [("A-1", 1)], reference="pi_shared")
+    processor.process([underpaid])
+    processor.process([retry])
+    assert order_row(shop, underpaid_id)[0] == "REJECTED"
+    assert order_row(shop, retry_id) == ("CONFIRMED", None)
+
+    # The confirmed one is cancelled: the reference is free again, from the next batch on.
+    again, again_id = shop.place("k3", [("A-1", 1)], reference="pi_shared")
+    processor.process([shop.cancel(retry_id), again])
+    assert order_row(shop, again_id) == ("REJECTED", USED)
+    last, last_id = shop.place("k4", [("A-1", 1)], reference="pi_shared")
+    processor.process([last])
+    assert order_row(shop, last_id) == ("CONFIRMED", None)
+    assert shop.stock()["A-1"] == (9, 1)
+
+
+def test_the_database_refuses_a_second_holder_of_a_payment(shop, processor):
+    """The guard behind the plan: a writer that skipped the check is stopped by the unique index."""
+    record, order_id = shop.place("k1", [("A-1", 1)], reference="pi_shared")
+    processor.process([record])
+    with pytest.raises(DBAPIError, match="orders_payment_reference_held"):
+        shop.database.execute(
+            "INSERT INTO orders (id, client_id, status, payment_provider, payment_reference)"
+            " SELECT gen_random_uuid(), client_id, 'CONFIRMED', payment_provider, payment_reference"
+            " FROM orders WHERE id = CAST(:id AS uuid)", {"id": str(order_id)})
+    # a turned-down order may share it
+    shop.database.execute(
+        "INSERT INTO orders (id, client_id, status, payment_provider, payment_reference)"
+        " SELECT gen_random_uuid(), client_id, 'REJECTED', payment_provider, payment_reference"
+        " FROM orders WHERE id = CAST(:id AS uuid)", {"id": str(order_id)})
+
+
+class ReadThenWait(OrderStore):
+    """Both workers read before either writes: each decides to take the same payment."""
+
+    def __init__(self, database, barrier: threading.Barrier):
+        super().__init__(database)
+        self.barrier = barrier
+        self.waited = False
+
+    def read_batch_state(self, order_ids, skus, payments):
+        state = super().read_batch_state(order_ids, skus, payments)
+        if not self.waited:
+            self.waited = True
+            self.barrier.wait(timeout=30)
+        return state
+
+
+RACE_ROUNDS = 25
+
+
+def test_concurrent_batches_with_one_payment_confirm_one_order(shop, worker_database):
+    """Two workers on their own connections take one order each with the same payment, many times over."""
+    rounds, retries = RACE_ROUNDS, 0
+    for number in range(rounds):
+        reference = f"pi_race_{number}"
+        records = [shop.place(f"race-{number}-{side}", [("C-3", 1)], reference=reference) for side in range(2)]
+        barrier = threading.Barrier(2)
+        results: list = [None, None]
+        errors: list[BaseException] = []
+
+        def work(side: int) -> None:
+            try:
+                store = ReadThenWait(worker_database, barrier)
+                results[side] = BatchProcessor(store, logger).process([records[side][0]])
+            except BaseException as exc:  # surfaced below: a thread's exception would vanish
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(side,)) for side in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+
+        assert errors == [] and all(not t.is_alive() for t in threads)
+        assert [r.failed_message_ids for r in results] == [[], []]
+        assert sorted(outcome for r in results for outcome in r.outcomes) == ["confirmed", "rejected"]
+        rows = sorted(order_row(shop, order_id) for _, order_id in records)
+        assert rows == [("CONFIRMED", None), ("REJECTED", f"payment reference already used by another order:"
+                                                         f" stripe {reference}")]
+        retries += sum(r.attempts for r in results) - 2
+    # Both decided on the same read every round: the index, not the plan, settled each race.
+    assert retries == rounds
+    assert shop.stock()["C-3"] == (100 - rounds, rounds)

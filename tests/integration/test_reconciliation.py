@@ -527,3 +527,49 @@ def test_notes_of_a_report_read_by_several_processes_are_those_of_one_read_in_on
     assert first["unmapped_types"] == second["unmapped_types"] == {"mystery_category": 3}
     assert first["inconsistent_rows"] == second["inconsistent_rows"]
     assert first["inconsistent_rows"]["count"] == 6 and first["inconsistent_rows"]["lines"] == [2, 52, 102, 152, 202, 252]
+
+
+def test_a_settlement_row_counts_against_one_order_when_orders_share_its_reference(service, orders, database,
+                                                                                    tmp_path):
+    """A retried payment leaves turned-down orders beside the one holding it; legacy data may hold it twice."""
+    retried = orders.add("pi_retried", 1000, status="REJECTED", created_at=datetime(2026, 9, 1, tzinfo=UTC))
+    holder = orders.add("pi_retried", 1000)
+    cancelled_first = orders.add("pi_refund", 500, status="CANCELLED", created_at=datetime(2026, 9, 1, tzinfo=UTC))
+    rejected_last = orders.add("pi_refund", 500, status="REJECTED", created_at=datetime(2026, 9, 2, tzinfo=UTC))
+    by_charge = orders.add("ch_alt", 650, status="REJECTED", created_at=datetime(2026, 9, 1, tzinfo=UTC))
+    by_charge_holder = orders.add("ch_alt", 650)
+    # Recorded before migration 0004: two CONFIRMED orders with one payment; 0004 marked the later one.
+    legacy_first = orders.add("pi_legacy", 700)
+    database.execute(
+        "INSERT INTO orders (id, client_id, status, currency, total_amount, payment_provider, payment_reference,"
+        " payment_amount, created_at, legacy_duplicate_payment) SELECT gen_random_uuid(), client_id, status, currency,"
+        " total_amount, payment_provider, payment_reference, payment_amount, created_at + interval '1 hour', true"
+        " FROM orders WHERE id = CAST(:id AS uuid)", {"id": legacy_first})
+    legacy_second = database.fetch_json(
+        "SELECT to_json(id)::text FROM orders WHERE legacy_duplicate_payment AND payment_reference = 'pi_legacy'")
+    report = write(tmp_path / "stripe.csv", [
+        STRIPE_HEADER,
+        stripe_row("txn_1", "charge", "usd", "10.00", "0.59", "9.41", "pi_retried", "ch_1"),
+        stripe_row("txn_2", "charge", "usd", "5.00", "0.45", "4.55", "pi_refund", "ch_2"),
+        stripe_row("txn_3", "charge", "usd", "6.50", "0.49", "6.01", "", "ch_alt"),
+        stripe_row("txn_4", "charge", "usd", "7.00", "0.50", "6.50", "pi_legacy", "ch_4"),
+    ])
+
+    run = reconcile(service, report)
+
+    assert run["status"] == "COMPLETED", run["error"]
+    # Four payment rows, four classified payments: none counted twice.
+    assert run["counts"] == {
+        "matched": 3, "amount_mismatch": 0, "currency_mismatch": 0, "missing_in_report": 1,
+        "unknown_payment": 0, "duplicate_settlement": 0, "refund_due": 1, "refund_without_order": 0,
+    }
+    expected_status = {
+        retried: None, holder: "matched",  # the order holding the payment, not the rejected attempt
+        cancelled_first: None, rejected_last: "refund_due",  # no holder: the latest turned-down order
+        by_charge: None, by_charge_holder: "matched",  # the fallback reference prefers the holder too
+        legacy_first: "matched", legacy_second: "missing_in_report",  # the earliest kept the payment
+    }
+    assert {order: orders.payment_status(order) for order in expected_status} == expected_status
+    found = {d["category"]: d for d in service.discrepancies(run["id"])}
+    assert found["refund_due"]["order_id"] == rejected_last and found["refund_due"]["report_lines"] == [3]
+    assert found["missing_in_report"]["order_id"] == legacy_second

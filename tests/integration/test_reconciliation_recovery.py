@@ -36,7 +36,7 @@ from conveyor.reconciliation.service import (
     CLAIM_LOCK_CLASS, DirectConnectionRequired, ReconciliationService, RunClaims, RunConflict, direct_connection,
 )
 from conveyor.reconciliation.sources import (
-    SPOOL_LEFTOVER_SECONDS, SettlementFile, open_source, reopen, spool, sweep_spool,
+    SPOOL_LEFTOVER_SECONDS, ReportUnavailable, SettlementFile, open_source, reopen, spool, sweep_spool,
 )
 from support import eventually
 
@@ -92,12 +92,13 @@ def spool_folder(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
-def start_service(service, spool_folder) -> Iterator[Callable[[], BackgroundRuns]]:
-    """Each call is one service process's background runs, with its own claims session."""
+def start_service(service, spool_folder, tmp_path) -> Iterator[Callable[[], BackgroundRuns]]:
+    """Each call is one service process's background runs, with its own claims session; it reads local
+    reports under tmp_path."""
     started: list[BackgroundRuns] = []
 
     def start() -> BackgroundRuns:
-        started.append(BackgroundRuns(service))
+        started.append(BackgroundRuns(service, report_dir=tmp_path))
         return started[-1]
 
     yield start
@@ -466,10 +467,27 @@ def test_reopen_checks_the_content_it_finds(service, spool_folder, tmp_path):
     path.write_bytes(report_bytes("REOPEN-1"))
     original = open_source(str(path))
 
-    assert reopen("00000000-0000-0000-0000-000000000001", original.source, original.sha256).path == path.resolve()
+    copy = reopen("00000000-0000-0000-0000-000000000001", original.source, original.sha256, tmp_path)
+    assert copy.spooled and copy.path.read_bytes() == path.read_bytes()  # a service reads a copy
     kept = upload(report_bytes("REOPEN-2")).kept_for("00000000-0000-0000-0000-000000000002")
-    again = reopen("00000000-0000-0000-0000-000000000002", "upload:x.csv", kept.sha256)
+    again = reopen("00000000-0000-0000-0000-000000000002", "upload:x.csv", kept.sha256, None)
     assert again.path == kept.path and again.spooled
+
+
+def test_a_service_reopens_a_local_report_only_under_its_report_folder(service, spool_folder, tmp_path):
+    # A run the CLI submitted may name any path; the service that takes it over reads only its folder.
+    path = tmp_path / "a.csv"
+    path.write_bytes(report_bytes("REOPEN-3"))
+    original = open_source(str(path))
+    elsewhere = tmp_path / "reports"
+    elsewhere.mkdir()
+
+    for report_dir in (None, elsewhere):
+        with pytest.raises(ReportUnavailable) as refused:
+            reopen("00000000-0000-0000-0000-000000000003", original.source, original.sha256, report_dir)
+        assert "does not read" in str(refused.value) and "multipart field 'report'" in str(refused.value)
+    with pytest.raises(ReportUnavailable, match="does not read"):
+        reopen("00000000-0000-0000-0000-000000000004", "/etc/passwd", original.sha256, elsewhere)
 
 
 def test_the_spool_sweep_removes_only_what_no_run_will_read_again(service, spool_folder, tmp_path):

@@ -327,3 +327,17 @@ def test_a_refusal_with_an_unchanged_secret_raises_the_database_error(secrets, m
     with pytest.raises(RefusingDialect.loaded_dbapi.OperationalError, match="password authentication failed"):
         new_connection(secret, dialect)
     assert dialect.passwords_tried == [PASSWORD]
+
+
+def test_the_report_folder_is_unset_by_default_and_otherwise_an_existing_absolute_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("CONVEYOR_REPORT_DIR", raising=False)
+    assert settings.report_dir() is None
+    monkeypatch.setenv("CONVEYOR_REPORT_DIR", f"{tmp_path}/./reports/../")
+    assert settings.report_dir() == tmp_path
+
+    file = tmp_path / "file.csv"
+    file.write_text("x")
+    for wrong in ("/", "//", "reports", str(tmp_path / "missing"), str(file)):
+        monkeypatch.setenv("CONVEYOR_REPORT_DIR", wrong)
+        with pytest.raises(ConfigurationError, match="CONVEYOR_REPORT_DIR must name an existing folder"):
+            settings.report_dir()

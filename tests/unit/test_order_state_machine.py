@@ -1,5 +1,6 @@
 """The order state machine under any sequence of deliveries: hypothesis drives places, cancels,
-redeliveries and reorderings through plan_batch, applied to a model of what APPLY_BATCH_PLAN does."""
+redeliveries and reorderings through plan_batch, applied to a model of what APPLY_BATCH_PLAN does.
+Orders draw their payment reference from a few, so clients retry with a payment already used."""
 from __future__ import annotations
 
 import uuid
@@ -12,6 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from conveyor.domain.orders import (
     ALLOWED_TRANSITIONS,
+    HOLDS_PAYMENT_REFERENCE,
     CancelOrder,
     CatalogItem,
     KnownOrder,
@@ -45,8 +47,9 @@ class OrderLifecycle(RuleBasedStateMachine):
     # Mostly orders that could be filled, so stock runs short; now and then an unknown SKU or a wrong amount.
     @rule(lines=st.lists(st.tuples(st.sampled_from(["A", "B", "A", "B", "Z"]), st.integers(1, 4)),
                          min_size=1, max_size=3),
-          wrong_amount=st.integers(0, 9).map(lambda n: n == 0))
-    def place(self, lines, wrong_amount):
+          wrong_amount=st.integers(0, 9).map(lambda n: n == 0),
+          reference=st.sampled_from(["pi_1", "pi_2", "pi_3"]))
+    def place(self, lines, wrong_amount, reference):
         self.keys += 1
         key = f"k{self.keys}"
         amount = sum(PRICES.get(sku, 0) * quantity for sku, quantity in lines) + (1 if wrong_amount else 0)
@@ -54,7 +57,7 @@ class OrderLifecycle(RuleBasedStateMachine):
             message_id=f"m{len(self.sent)}", order_id=order_id_for(CLIENT, key), client_id=CLIENT,
             idempotency_key=key, fingerprint=f"fp-{key}", currency="USD",
             lines=tuple(Line(sku, quantity) for sku, quantity in lines),
-            payment=Payment("stripe", f"pi_{key}", amount), details={}, accepted_at=NOW))
+            payment=Payment("stripe", reference, amount), details={}, accepted_at=NOW))
 
     @rule(data=st.data())
     def cancel(self, data):
@@ -73,7 +76,9 @@ class OrderLifecycle(RuleBasedStateMachine):
         catalog = {sku: CatalogItem(sku, "USD", price, self.available[sku]) for sku, price in PRICES.items()}
         known = {order_id: KnownOrder(order_id, CLIENT, row["status"], row["fingerprint"])
                  for order_id, row in self.orders.items()}
-        self._apply(plan_batch(batch, catalog, known))
+        holders = {row["payment"]: order_id for order_id, row in self.orders.items()
+                   if row["status"] in HOLDS_PAYMENT_REFERENCE and row["payment"] is not None}
+        self._apply(plan_batch(batch, catalog, known, holders))
 
     def _apply(self, plan):
         """What APPLY_BATCH_PLAN does with a plan; effects follow only from rows it changed."""
@@ -84,20 +89,23 @@ class OrderLifecycle(RuleBasedStateMachine):
             row = self.orders.get(order_id)
             if row is None:
                 self.orders[order_id] = {"status": placement.status, "fingerprint": placement.command.fingerprint,
-                                         "reservation": placement.reservation}
+                                         "reservation": placement.reservation,
+                                         "payment": placement.command.payment.key}
                 self.events.append((order_id, None, placement.status))
                 for sku, quantity in placement.reservation.items():
                     self.available[sku] -= quantity
                     self.reserved[sku] += quantity
             elif row["fingerprint"] is None:
                 row["fingerprint"] = placement.command.fingerprint
+                row["payment"] = placement.command.payment.key
                 self.events.append((order_id, *FILLED_PLACEHOLDER))
         for cancellation in plan.cancellations:
             order_id = cancellation.command.order_id
             self.cancel_applied.add(order_id)
             row = self.orders.get(order_id)
             if row is None:
-                self.orders[order_id] = {"status": OrderStatus.CANCELLED, "fingerprint": None, "reservation": {}}
+                self.orders[order_id] = {"status": OrderStatus.CANCELLED, "fingerprint": None, "reservation": {},
+                                         "payment": None}
                 self.events.append((order_id, None, OrderStatus.CANCELLED))
             elif row["status"] is OrderStatus.CONFIRMED:
                 row["status"] = OrderStatus.CANCELLED
@@ -120,6 +128,11 @@ class OrderLifecycle(RuleBasedStateMachine):
         for _, before, after in self.events:
             assert (before, after) in ALLOWED_TRANSITIONS or (before, after) == FILLED_PLACEHOLDER
         assert len(self.events) == len(set(self.events))
+
+    @invariant()
+    def a_payment_reference_is_held_by_one_order_at_most(self):
+        held = [row["payment"] for row in self.orders.values() if row["status"] in HOLDS_PAYMENT_REFERENCE]
+        assert len(held) == len(set(held))
 
     @invariant()
     def no_order_is_confirmed_after_its_cancel(self):

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy.exc import DBAPIError
 
 from conveyor.domain.orders import (
+    HOLDS_PAYMENT_REFERENCE,
     BatchPlan,
     CatalogItem,
     KnownOrder,
@@ -36,15 +37,17 @@ class PgError(Exception):
         self.sqlstate = sqlstate
 
 
-def db_error(sqlstate: str, *, connection_invalidated: bool = False) -> DBAPIError:
-    return DBAPIError("SELECT apply_batch_plan", {}, PgError(sqlstate), connection_invalidated=connection_invalidated)
+def db_error(sqlstate: str, *, connection_invalidated: bool = False, message: str = "driver error") -> DBAPIError:
+    return DBAPIError("SELECT apply_batch_plan", {}, PgError(sqlstate, message),
+                      connection_invalidated=connection_invalidated)
 
 
-def place_body(key: str, lines: list[tuple[str, int]], amount: int, **overrides: Any) -> str:
+def place_body(key: str, lines: list[tuple[str, int]], amount: int, reference: str | None = None,
+               **overrides: Any) -> str:
     order = {
         "currency": "USD",
         "lines": [{"sku": s, "quantity": q} for s, q in lines],
-        "payment": {"provider": "stripe", "reference": f"pi-{key}", "amount": amount},
+        "payment": {"provider": "stripe", "reference": reference or f"pi-{key}", "amount": amount},
     }
     message = {
         "schema_version": 1,
@@ -78,6 +81,7 @@ class FakeStore:
     stock: dict[str, int] = field(default_factory=lambda: {"APPLE": 10, "PEAR": 3})
     prices: dict[str, int] = field(default_factory=lambda: {"APPLE": 100, "PEAR": 250})
     known: dict[uuid.UUID, KnownOrder] = field(default_factory=dict)
+    payments: dict[uuid.UUID, tuple[str, str]] = field(default_factory=dict)  # order id -> (provider, reference)
     reads: list[tuple[list[uuid.UUID], list[str]]] = field(default_factory=list)
     applied: list[BatchPlan] = field(default_factory=list)
     attempted: list[BatchPlan] = field(default_factory=list)
@@ -88,12 +92,14 @@ class FakeStore:
     def pinned(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
-    def read_batch_state(self, order_ids, skus):
+    def read_batch_state(self, order_ids, skus, payments):
         self.reads.append((list(order_ids), list(skus)))
         if self.read_error is not None:
             raise self.read_error
         catalog = {s: CatalogItem(s, "USD", self.prices[s], self.stock[s]) for s in set(skus) if s in self.stock}
-        return catalog, {i: self.known[i] for i in order_ids if i in self.known}
+        holders = {key: i for i, key in self.payments.items()
+                   if key in payments and self.known[i].status in HOLDS_PAYMENT_REFERENCE}
+        return catalog, {i: self.known[i] for i in order_ids if i in self.known}, holders
 
     def apply(self, plan: BatchPlan) -> dict[str, int]:
         self.attempted.append(plan)
@@ -101,6 +107,7 @@ class FakeStore:
         for placement in plan.placements:
             c = placement.command
             self.known[c.order_id] = KnownOrder(c.order_id, c.client_id, placement.status, c.fingerprint)
+            self.payments[c.order_id] = c.payment.key
             for sku, quantity in placement.reservation.items():
                 self.stock[sku] -= quantity
                 assert self.stock[sku] >= 0, "the stock constraint would have fired"
@@ -243,6 +250,31 @@ def test_other_retryable_states_are_retried(processor, store, sqlstate):
     assert result.failed_message_ids == []
     assert result.outcomes == {"confirmed": 1}
     assert len(store.applied) == 1 and len(store.attempted) == 2
+
+
+def test_a_payment_reference_taken_by_a_concurrent_batch_is_decided_again_and_rejected(processor, store, logger):
+    rival = order_id_for(CLIENT, "rival")
+
+    def concurrent_batch_took_the_reference(plan: BatchPlan) -> None:
+        if rival not in store.known:
+            store.known[rival] = KnownOrder(rival, CLIENT, OrderStatus.CONFIRMED, "fp-rival")
+            store.payments[rival] = ("stripe", "pi_shared")
+            raise db_error("23505", message='duplicate key value violates unique constraint'
+                                            ' "orders_payment_reference_held"')
+
+    store.before_apply = concurrent_batch_took_the_reference
+    result = processor.process([
+        record("m1", place_body("k1", [("APPLE", 1)], 100, reference="pi_shared")),
+        record("m2", place_body("k2", [("APPLE", 1)], 100)),
+    ])
+    assert result.failed_message_ids == []
+    assert result.outcomes == {"rejected": 1, "confirmed": 1}
+    first, second = store.attempted
+    assert first.placements[0].status is OrderStatus.CONFIRMED
+    assert (second.placements[0].status, second.placements[0].rejection_reason) == (
+        OrderStatus.REJECTED, "payment reference already used by another order: stripe pi_shared")
+    assert [e["reason"] for lvl, m, e in logger.records if m == "retrying batch"] == [
+        "payment reference taken by a concurrent worker"]
 
 
 def test_a_persistent_deadlock_gives_up_and_fails_the_whole_batch(processor, store, sleeps):

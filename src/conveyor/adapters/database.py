@@ -92,9 +92,14 @@ def sqlstate_of(error: BaseException) -> str | None:
 
 
 @functools.lru_cache(maxsize=256)
-def _statement(sql: str) -> sa.TextClause:
-    # Parsing a statement's bind parameters runs a regex over it: do it once per statement.
-    return sa.text(sql)
+def _driver_sql(sql: str, dialect: sa.Dialect) -> str:
+    """The statement in the driver's own paramstyle (`%(name)s`), compiled once.
+
+    Executed with exec_driver_sql: SQLAlchemy's per-call compile-cache lookup and bind
+    processing of text() were a fifth of the worker's CPU per batch (measured), and these
+    statements pass only plain values, cast in SQL.
+    """
+    return str(sa.text(sql).compile(dialect=dialect))
 
 
 class Database:
@@ -129,17 +134,18 @@ class Database:
     def fetch_json(self, sql: str, params: dict[str, Any] | None = None) -> Any:
         """Run a statement that returns one row holding one JSON text column."""
         with self._connection() as connection:
-            value = connection.execute(_statement(sql), params or {}).scalar_one()
+            value = connection.exec_driver_sql(_driver_sql(sql, connection.dialect), params or {}).scalar_one()
         return json.loads(value) if isinstance(value, str) else value
 
     def fetch_json_rows(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
         """Run a statement whose rows each hold one JSON text column."""
         with self._connection() as connection:
-            return [json.loads(value) for value in connection.execute(_statement(sql), params or {}).scalars()]
+            rows = connection.exec_driver_sql(_driver_sql(sql, connection.dialect), params or {})
+            return [json.loads(value) for value in rows.scalars()]
 
     def execute(self, sql: str, params: dict[str, Any] | list[dict[str, Any]] | None = None) -> int:
         with self._connection() as connection:
-            return connection.execute(_statement(sql), params or {}).rowcount
+            return connection.exec_driver_sql(_driver_sql(sql, connection.dialect), params or {}).rowcount
 
     def dispose(self) -> None:
         self.engine.dispose()

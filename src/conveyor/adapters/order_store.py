@@ -6,12 +6,15 @@ import uuid
 from contextlib import AbstractContextManager
 from typing import Any
 
-from conveyor.adapters.database import Database
+from pydantic_core import to_json
+
+from conveyor.adapters.database import Database, sqlstate_of
 from conveyor.domain.orders import (
     BatchPlan,
     CatalogItem,
     KnownOrder,
     OrderStatus,
+    PaymentKey,
     Placement,
 )
 
@@ -30,9 +33,20 @@ SELECT json_build_object(
             'id', id, 'client_id', client_id, 'status', status,
             'fingerprint', request_fingerprint))
         FROM orders
-        WHERE id = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST(:order_ids AS jsonb)) AS uuid)))), '[]')
+        WHERE id = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST(:order_ids AS jsonb)) AS uuid)))), '[]'),
+    -- Orders holding the batch's payment references (HOLDS_PAYMENT_REFERENCE). Both columns by
+    -- = ANY probe the (provider, reference) index; a pair the batch did not ask for is ignored.
+    'payment_holders', COALESCE((
+        SELECT json_agg(json_build_array(payment_provider, payment_reference, id))
+        FROM orders
+        WHERE payment_provider = ANY (ARRAY(SELECT jsonb_array_elements_text(CAST(:payment_providers AS jsonb))))
+          AND payment_reference = ANY (ARRAY(SELECT jsonb_array_elements_text(CAST(:payment_references AS jsonb))))
+          AND status IN ('PENDING', 'CONFIRMED')), '[]')
 )::text
 """
+
+# The unique index on held payment references (migration 0004): a concurrent batch took the reference first.
+PAYMENT_REFERENCE_HELD_INDEX = "orders_payment_reference_held"
 
 # One statement applies a whole batch. Each order row is claimed with
 # INSERT .. ON CONFLICT, which sees and locks the latest committed row even when
@@ -208,13 +222,16 @@ class OrderStore:
         return self.database.pinned()
 
     def read_batch_state(
-        self, order_ids: list[uuid.UUID], skus: list[str]
-    ) -> tuple[dict[str, CatalogItem], dict[uuid.UUID, KnownOrder]]:
+        self, order_ids: list[uuid.UUID], skus: list[str], payments: list[PaymentKey]
+    ) -> tuple[dict[str, CatalogItem], dict[uuid.UUID, KnownOrder], dict[PaymentKey, uuid.UUID]]:
+        wanted = set(payments)
         state = self.database.fetch_json(
             READ_BATCH_STATE,
             {
                 "skus": json.dumps(sorted(set(skus))),
                 "order_ids": json.dumps(sorted({str(i) for i in order_ids})),
+                "payment_providers": json.dumps(sorted({provider for provider, _ in wanted})),
+                "payment_references": json.dumps(sorted({reference for _, reference in wanted})),
             },
         )
         catalog = {row["sku"]: CatalogItem(**row) for row in state["catalog"]}
@@ -227,10 +244,15 @@ class OrderStore:
             )
             for row in state["orders"]
         }
-        return catalog, known
+        holders = {
+            (provider, reference): uuid.UUID(order_id)
+            for provider, reference, order_id in state["payment_holders"]
+            if (provider, reference) in wanted
+        }
+        return catalog, known, holders
 
     def apply(self, plan: BatchPlan) -> dict[str, int]:
-        return self.database.fetch_json(APPLY_BATCH_PLAN, {"plan": json.dumps(plan_body(plan))})
+        return self.database.fetch_json(APPLY_BATCH_PLAN, {"plan": plan_json(plan)})
 
     def get_order(self, client_id: uuid.UUID, order_id: uuid.UUID) -> dict[str, Any] | None:
         return self.database.fetch_json(
@@ -265,31 +287,45 @@ class OrderStore:
         return self.database.fetch_json(FIND_CLIENT, {"key_hash": key_hash})
 
 
-def plan_body(plan: BatchPlan) -> dict[str, Any]:
-    """The JSON document APPLY_BATCH_PLAN reads."""
-    return {
+def payment_reference_race(error: BaseException) -> str | None:
+    """Why to decide the batch again, when a concurrent batch took a payment reference this one wanted.
+
+    The statement applied nothing; the next read sees the other order, and the plan rejects this one.
+    """
+    if sqlstate_of(error) == "23505" and PAYMENT_REFERENCE_HELD_INDEX in str(getattr(error, "orig", error)):
+        return "payment reference taken by a concurrent worker"
+    return None
+
+
+def plan_json(plan: BatchPlan) -> str:
+    """The JSON document APPLY_BATCH_PLAN reads.
+
+    pydantic_core writes UUIDs and datetimes itself, in Rust: building it with json.dumps, after
+    str() and isoformat() on each, was a tenth of the worker's own CPU per batch (measured).
+    """
+    return to_json({
         "placements": [_placement_row(p) for p in plan.placements],
         "cancellations": [
             {
-                "id": str(c.command.order_id),
-                "client_id": str(c.command.client_id),
-                "requested_at": c.command.requested_at.isoformat(),
+                "id": c.command.order_id,
+                "client_id": c.command.client_id,
+                "requested_at": c.command.requested_at,
                 "message_id": c.command.message_id,
                 "correlation_id": c.command.correlation_id,
             }
             for c in plan.cancellations
         ],
-    }
+    }).decode()
 
 
 def _placement_row(placement: Placement) -> dict[str, Any]:
     command = placement.command
     return {
-        "id": str(command.order_id),
-        "client_id": str(command.client_id),
+        "id": command.order_id,
+        "client_id": command.client_id,
         "idempotency_key": command.idempotency_key,
         "fingerprint": command.fingerprint,
-        "status": placement.status.value,
+        "status": placement.status,
         "rejection_reason": placement.rejection_reason,
         "currency": command.currency,
         "total_amount": placement.total_amount,
@@ -298,7 +334,7 @@ def _placement_row(placement: Placement) -> dict[str, Any]:
         "payment_amount": command.payment.amount,
         "details": command.details,
         "reservation": placement.reservation,
-        "accepted_at": command.accepted_at.isoformat(),
+        "accepted_at": command.accepted_at,
         "lines": [
             {"line_no": l.line_no, "sku": l.sku, "quantity": l.quantity, "unit_price": l.unit_price}
             for l in placement.lines

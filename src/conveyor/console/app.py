@@ -7,6 +7,8 @@ Routes:
                                  "timezone"?}, or a multipart upload (file field "report", form fields format,
                                  cutoff, timezone, columns as JSON text); columns maps generic fields to other
                                  column names, timezone (IANA) places a report's local times
+                                 A path must lead to a regular file under CONVEYOR_REPORT_DIR (unset: no
+                                 paths): callers must not make the service read its own files
 - GET  /api/reconciliations/ID   a run: status, progress (rows loaded, rows classified) and result, and
                                  `orphaned` (unfinished, and no live process executes it or has it queued)
 - POST /api/reconciliations/ID/restart   execute again an orphaned or FAILED run whose report can still be
@@ -24,25 +26,32 @@ import functools
 import hmac
 import json
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from conveyor.adapters.database import Database, create_engine_for
 from conveyor.console import settings
-from conveyor.observability import get_logger
+from conveyor.observability import describe_error, get_logger, log_failure
 from conveyor.reconciliation.engine import CATEGORIES
-from conveyor.reconciliation.formats import SettlementReportError, check_timezone
+from conveyor.reconciliation.formats import FORMATS, GENERIC_COLUMNS, SettlementReportError, check_timezone
 from conveyor.reconciliation.jobs import BackgroundRuns, ShuttingDown
 from conveyor.reconciliation.service import (
     DirectConnectionRequired, ReconciliationError, ReconciliationService, RunConflict, direct_connection,
 )
-from conveyor.reconciliation.sources import open_source, spool
+from conveyor.reconciliation.sources import (
+    SettlementFile, SourceRefused, SourceUnreadable, open_offered_source, spool, upload_source,
+)
 
 MAX_DISCREPANCIES_PAGE = 1000
+MAX_DISCREPANCY_ID = 2**63 - 1  # bigint
+MAX_COLUMN_NAME = 200
+MAX_CUTOFF_LENGTH = 64
 
 
 class Services:
@@ -69,7 +78,7 @@ class Services:
                 self.runs
             except Exception as exc:  # noqa: BLE001 - e.g. not configured: the first request says so
                 get_logger("conveyor-console").warning(
-                    "reconciliation runs are not recovered at startup", extra={"error": f"{type(exc).__name__}: {exc}"})
+                    "reconciliation runs are not recovered at startup", extra={"error": describe_error(exc)})
 
         thread = threading.Thread(target=build, name="console-startup", daemon=True)
         thread.start()
@@ -96,7 +105,7 @@ class Services:
                 "no database is configured: set DATABASE_URL, DATABASE_SECRET_ARN, or DATA_API_RESOURCE_ARN"
                 " with DATA_API_SECRET_ARN and DATA_API_DATABASE"
             )
-        return BackgroundRuns(ReconciliationService(database, connect))
+        return BackgroundRuns(ReconciliationService(database, connect), report_dir=settings.report_dir())
 
     def begin_drain(self) -> None:
         if self._runs is not None:
@@ -130,7 +139,7 @@ def create_app(services: Services | None = None) -> Flask:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
-        logger.exception("request failed", extra={"path": request.path})
+        log_failure(logger, "request failed", exc, path=request.path)
         return error(500, "internal_error", "the request failed unexpectedly; try again, and check the service logs")
 
     @app.before_request
@@ -154,16 +163,20 @@ def create_app(services: Services | None = None) -> Flask:
         try:
             services.runs.service.database.fetch_json("SELECT to_json(1)::text")
         except Exception as exc:  # noqa: BLE001 - any failure means not ready; say which
-            return error(503, "not_ready", f"the database is not reachable: {type(exc).__name__}: {exc}"[:500])
+            return error(503, "not_ready", f"the database is not reachable: {describe_error(exc)}")
         return jsonify({"status": "ready"})
 
     @app.post("/api/reconciliations")
     def start_reconciliation():
         try:
-            format, cutoff, columns, timezone, report = _report_from_request()
-            run = services.runs.start(report, format, cutoff, columns, timezone)
+            command = _start_run_command(services.runs.report_dir)
+            run = services.runs.start(command.report, command.format, command.cutoff, command.columns, command.timezone)
         except FileNotFoundError as exc:
             return error(400, "source_not_found", str(exc))
+        except SourceRefused as exc:
+            return error(400, "source_refused", str(exc))
+        except SourceUnreadable as exc:
+            return error(400, "source_unreadable", str(exc))
         except (SettlementReportError, ReconciliationError) as exc:
             return error(400, "invalid_report", str(exc))
         run.pop("needs_execution")
@@ -171,15 +184,25 @@ def create_app(services: Services | None = None) -> Flask:
         status = 200 if run["status"] == "COMPLETED" else 202
         return jsonify(_run_view(run)), status, {"Location": location}
 
+    def no_such_run(run_id: str | None) -> tuple[Response, int]:
+        if run_id is None:
+            return error(404, "not_found", "no such reconciliation run: a run id looks like"
+                                           " 0b7f3c2e-5d1a-4c8e-9f6b-2a4d8e1c3b5f")
+        return error(404, "not_found", f"no reconciliation run {run_id}")
+
     @app.get("/api/reconciliations/<run_id>")
     def get_reconciliation(run_id: str):
-        run = services.runs.service.get(run_id)
+        run_id = _run_id(run_id)
+        run = services.runs.service.get(run_id) if run_id else None
         if run is None:
-            return error(404, "not_found", f"no reconciliation run {run_id}")
+            return no_such_run(run_id)
         return jsonify(_run_view(run))
 
     @app.post("/api/reconciliations/<run_id>/restart")
     def restart_reconciliation(run_id: str):
+        run_id = _run_id(run_id)
+        if run_id is None:
+            return no_such_run(run_id)
         try:
             run = services.runs.restart(run_id)
         except RunConflict as exc:
@@ -187,49 +210,70 @@ def create_app(services: Services | None = None) -> Flask:
         except DirectConnectionRequired as exc:
             return error(503, "not_configured", str(exc))
         if run is None:
-            return error(404, "not_found", f"no reconciliation run {run_id}")
+            return no_such_run(run_id)
         return jsonify(_run_view(run)), 202, {"Location": f"/api/reconciliations/{run['id']}"}
 
     @app.get("/api/reconciliations/<run_id>/discrepancies")
     def list_discrepancies(run_id: str):
         service = services.runs.service
-        if service.get(run_id) is None:
-            return error(404, "not_found", f"no reconciliation run {run_id}")
+        run_id = _run_id(run_id)
+        if run_id is None or service.get(run_id) is None:
+            return no_such_run(run_id)
         category = request.args.get("category") or None
         if category is not None and category not in CATEGORIES:
             return error(400, "validation_error", f"category must be one of {', '.join(CATEGORIES)}")
-        try:
-            after = int(request.args.get("after", 0))
-            limit = min(int(request.args.get("limit", 100)), MAX_DISCREPANCIES_PAGE)
-        except ValueError:
-            return error(400, "validation_error", "after and limit must be whole numbers")
-        page = service.discrepancies(run_id, category, after=after, limit=max(limit, 1))
+        after = _whole_number(request.args.get("after"), 0, MAX_DISCREPANCY_ID)
+        limit = _whole_number(request.args.get("limit"), 100, None)
+        if after is None or limit is None or limit < 1:
+            return error(400, "validation_error", "after must be 0 or a discrepancy id, and limit a whole number"
+                                                  f" from 1 (a page holds at most {MAX_DISCREPANCIES_PAGE})")
+        limit = min(limit, MAX_DISCREPANCIES_PAGE)
+        page = service.discrepancies(run_id, category, after=after, limit=limit)
         return jsonify({"discrepancies": page, "next_after": page[-1]["id"] if len(page) == limit else None})
 
     return app
 
 
-def _report_from_request():
-    """(format, cutoff, column mapping, time zone, report file) from a JSON body or a multipart upload."""
+class StartRun(NamedTuple):
+    format: str | None
+    cutoff: datetime | None
+    columns: dict[str, str] | None
+    timezone: str | None
+    report: SettlementFile
+
+
+def _start_run_command(report_dir: Path | None) -> StartRun:
+    """The run to start, from a JSON body naming its source or a multipart upload.
+
+    A path source is read only under `report_dir` (None: no path); an upload's file name is only recorded.
+    """
     if request.files:
         upload = request.files.get("report")
         if upload is None:
             raise ReconciliationError("send the report file in the multipart field 'report'")
         fields: dict[str, Any] = request.form
-        report_factory = lambda: spool(upload.stream, f"upload:{upload.filename or 'report.csv'}")  # noqa: E731
+        report_factory = lambda: spool(upload.stream, upload_source(upload.filename))  # noqa: E731
     else:
         fields = request.get_json(silent=True) or {}
         if not isinstance(fields, dict) or not isinstance(fields.get("source"), str):
             raise ReconciliationError(
-                'send JSON {"source": "s3://bucket/key" or "/path/to/report.csv"}, or upload the file as'
-                " multipart field 'report'"
+                'send JSON {"source": "s3://bucket/key" or "/path/to/report.csv" under the report folder}, or upload'
+                " the file as multipart field 'report'"
             )
-        report_factory = lambda: open_source(fields["source"])  # noqa: E731
-    format = fields.get("format") or None
+        report_factory = lambda: open_offered_source(fields["source"], report_dir)  # noqa: E731
+    format = _format(fields.get("format"))
     cutoff = _cutoff(fields.get("cutoff"))
     columns = _columns(fields.get("columns"))
     timezone = _timezone(fields.get("timezone"))
-    return format, cutoff, columns, timezone, report_factory()
+    return StartRun(format, cutoff, columns, timezone, report_factory())
+
+
+def _format(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or value not in FORMATS:
+        raise ReconciliationError(f"unknown format; choose one of {', '.join(FORMATS)}, or leave it out to detect it")
+    return value
 
 
 def _columns(value: Any) -> dict[str, str] | None:
@@ -239,12 +283,18 @@ def _columns(value: Any) -> dict[str, str] | None:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             value = None
-    if not isinstance(value, dict) or not all(isinstance(name, str) for name in value.values()):
+    if not (isinstance(value, dict) and len(value) <= len(GENERIC_COLUMNS)
+            and all(_is_column_name(name) for pair in value.items() for name in pair)):
         raise ReconciliationError(
-            'columns must be a JSON object of field to column name, e.g. {"reference": "Order Ref"}')
+            f"columns must be a JSON object mapping fields ({', '.join(GENERIC_COLUMNS)}) to column names of 1 to"
+            f' {MAX_COLUMN_NAME} printable characters, e.g. {{"reference": "Order Ref"}}')
     return value
+
+
+def _is_column_name(name: Any) -> bool:
+    return isinstance(name, str) and 0 < len(name.strip()) and len(name) <= MAX_COLUMN_NAME and name.isprintable()
 
 
 def _timezone(value: Any) -> str | None:
@@ -261,10 +311,29 @@ def _cutoff(value: Any) -> datetime | None:
     if not value:
         return None
     try:
-        return datetime.fromisoformat(str(value))
+        if not isinstance(value, str) or len(value) > MAX_CUTOFF_LENGTH:
+            raise ValueError
+        return datetime.fromisoformat(value)
     except ValueError:
-        raise ReconciliationError(
-            f"cutoff {value!r} is not an ISO 8601 time such as 2026-10-31T23:59:59+00:00") from None
+        raise ReconciliationError("cutoff must be an ISO 8601 time such as 2026-10-31T23:59:59+00:00") from None
+
+
+def _run_id(value: str) -> str | None:
+    """A run id in the form PostgreSQL writes it (any case), or None."""
+    try:
+        return str(uuid.UUID(value)) if len(value) == 36 else None
+    except ValueError:
+        return None
+
+
+def _whole_number(text: str | None, default: int, highest: int | None) -> int | None:
+    """A query parameter's whole number (digits only), its default when absent, None when invalid."""
+    if not text:
+        return default
+    if not (text.isascii() and text.isdigit() and len(text) <= 19):
+        return None
+    number = int(text)
+    return number if highest is None or number <= highest else None
 
 
 def _run_view(run: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -43,6 +44,7 @@ from conveyor.dataapi.client import (
     DataApiRequestError,
 )
 from conveyor.observability import get_logger
+from conveyor.reconciliation.sources import REPORT_DIR_VARIABLE
 
 ADMIN_TOKEN_VARIABLE = "CONSOLE_ADMIN_TOKEN"
 DATABASE_URL_VARIABLE = "DATABASE_URL"
@@ -86,6 +88,19 @@ def database_settings(secrets_client: Any = None) -> DatabaseSettings:
 
 def admin_token() -> str | None:
     return os.environ.get(ADMIN_TOKEN_VARIABLE) or None
+
+
+def report_dir() -> Path | None:
+    """The folder under which the API reads local reports (CONVEYOR_REPORT_DIR); None: no local paths."""
+    configured = os.environ.get(REPORT_DIR_VARIABLE)
+    if not configured:
+        return None
+    folder = Path(os.path.normpath(configured))
+    if not folder.is_absolute() or not folder.is_dir() or Path(os.path.realpath(folder)) == Path("/"):
+        raise ConfigurationError(
+            f"{REPORT_DIR_VARIABLE} must name an existing folder other than /, by its absolute path: the console"
+            " reads local reports only under it (unset it to allow uploads and s3:// sources only)")
+    return folder
 
 
 def secrets_manager_client(secret_arn: str) -> Any:

@@ -16,6 +16,11 @@ class OrderStatus(StrEnum):
     CANCELLED = "CANCELLED"
 
 
+# An order in one of these states holds its payment reference: a payment settles at most one order,
+# so another order with that (provider, reference) is rejected. A turned-down order frees it for a retry.
+HOLDS_PAYMENT_REFERENCE = frozenset({OrderStatus.PENDING, OrderStatus.CONFIRMED})
+
+
 # Every transition the worker may write; anything else is a bug.
 ALLOWED_TRANSITIONS: frozenset[tuple[OrderStatus | None, OrderStatus]] = frozenset(
     {
@@ -60,11 +65,18 @@ class Line:
     quantity: int
 
 
+PaymentKey = tuple[str, str]  # (payment provider, payment reference)
+
+
 @dataclass(frozen=True)
 class Payment:
     provider: str
     reference: str
     amount: int
+
+    @property
+    def key(self) -> PaymentKey:
+        return (self.provider, self.reference)
 
 
 @dataclass(frozen=True)
@@ -170,11 +182,18 @@ def plan_batch(
     commands: list[Command],
     catalog: dict[str, CatalogItem],
     known: dict[uuid.UUID, KnownOrder],
+    payment_holders: dict[PaymentKey, uuid.UUID],
 ) -> BatchPlan:
     """Decide every command of a batch against one read of the database.
 
     Stock is allocated in batch order from the stock read; the database's
     non-negative stock constraint catches a concurrent worker that took it first.
+    `payment_holders` maps the batch's payment references to the order holding each
+    (HOLDS_PAYMENT_REFERENCE). A new order whose reference another order holds is
+    rejected; within the batch, the first order in batch order that is confirmed takes
+    the reference, as it takes stock. A cancel in the same batch does not free its
+    order's reference for this batch. The database's unique index on held references
+    catches a concurrent worker that took the reference first.
     """
     plan = BatchPlan()
     owned: list[Command] = []
@@ -192,6 +211,7 @@ def plan_batch(
     }
     placed_in_batch: dict[uuid.UUID, PlaceOrder] = {}
     cancels_seen: set[uuid.UUID] = set()
+    held = dict(payment_holders)  # grows as the batch's own orders take references
 
     for command in owned:
         if isinstance(command, PlaceOrder):
@@ -205,7 +225,9 @@ def plan_batch(
                 continue
             placed_in_batch[command.order_id] = command
             cancelled_first = earlier is not None or command.order_id in cancelled_in_batch
-            placement = _place(command, catalog, remaining, cancelled_first)
+            placement = _place(command, catalog, remaining, cancelled_first, held)
+            if placement.status in HOLDS_PAYMENT_REFERENCE:
+                held[command.payment.key] = command.order_id
             plan.placements.append(placement)
             plan.outcomes[command.message_id] = Outcome(placement.status.value.lower())
         elif command.order_id in cancels_seen:
@@ -236,6 +258,7 @@ def _place(
     catalog: dict[str, CatalogItem],
     remaining: dict[str, int],
     cancelled_first: bool,
+    held: dict[PaymentKey, uuid.UUID],
 ) -> Placement:
     priced = tuple(
         PricedLine(
@@ -260,7 +283,7 @@ def _place(
 
     if cancelled_first:
         return outcome(OrderStatus.CANCELLED, None, "cancel requested before the order arrived")
-    reason = rejection_reason(command, catalog, wanted, remaining, total)
+    reason = rejection_reason(command, catalog, wanted, remaining, total, held)
     if reason is not None:
         return outcome(OrderStatus.REJECTED, reason, reason)
     for sku, quantity in wanted.items():
@@ -274,6 +297,7 @@ def rejection_reason(
     wanted: dict[str, int],
     remaining: dict[str, int],
     total: int | None,
+    held: dict[PaymentKey, uuid.UUID],
 ) -> str | None:
     unknown = sorted(sku for sku in wanted if sku not in catalog)
     if unknown:
@@ -286,6 +310,10 @@ def rejection_reason(
             f"payment amount {command.payment.amount} does not equal the order total {total}"
             f" {command.currency}"
         )
+    holder = held.get(command.payment.key)
+    if holder is not None and holder != command.order_id:
+        # Names the reference, never the other order: it may be another client's.
+        return f"payment reference already used by another order: {command.payment.provider} {command.payment.reference}"
     short = sorted(sku for sku, quantity in wanted.items() if remaining[sku] < quantity)
     if short:
         return f"insufficient stock: {', '.join(short)}"

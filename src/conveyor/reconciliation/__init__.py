@@ -6,7 +6,10 @@ payment, refund, chargeback, chargeback_reversal (together: "returns"), fee, pay
 other. A payment or return is matched to an order of that provider whose
 `payment_reference` equals the row's primary reference (Stripe: PaymentIntent id;
 Adyen: PSP reference), or else its fallback (Stripe: charge id; Adyen: merchant
-reference).
+reference). Each row counts against one order at most: the order holding that
+reference (PENDING or CONFIRMED: one per provider and reference; of orders that shared
+one before migration 0004, the earliest holds it), else another PENDING or CONFIRMED
+order with it, else the latest REJECTED or CANCELLED one (a client may retry a payment).
 
 Every payment is classified as exactly one of (`engine.CATEGORIES`):
 

@@ -111,6 +111,9 @@ CREATE UNLOGGED TABLE settlement_staging (
 
 # Payments and their returns, each with the order it settles, by the primary reference
 # (Stripe PaymentIntent, Adyen PSP reference), and what classifying needs of that order.
+# Each row matches at most one order. First the order holding the reference: the unique index
+# orders_payment_reference_held (migration 0004) admits one per (provider, reference), so this
+# join cannot fan a row out to two orders.
 MATCH_ORDERS = """
 CREATE UNLOGGED TABLE settlement_matches AS
 SELECT s.line_no, s.record_type, COALESCE(s.reference, s.alt_reference) AS reference, s.alt_reference,
@@ -118,20 +121,27 @@ SELECT s.line_no, s.record_type, COALESCE(s.reference, s.alt_reference) AS refer
        o.currency AS order_currency, COALESCE(o.payment_amount, o.total_amount) AS expected_amount
 FROM settlement_staging s
 LEFT JOIN orders o ON o.payment_provider = %(provider)s AND o.payment_reference = s.reference
+    AND o.status IN ('PENDING', 'CONFIRMED') AND o.payment_reference IS NOT NULL AND NOT o.legacy_duplicate_payment
 WHERE s.record_type IN ('payment', 'refund', 'chargeback', 'chargeback_reversal')
 """
 
-# Rows the primary reference left unmatched, usually few, try the fallback (charge id,
-# merchant reference) one lookup each: a second join would hash every order once more.
-MATCH_ORDERS_BY_ALT_REFERENCE = """
+# Rows without a holder, usually few, look the order up one row at a time (a second join would
+# hash every order once more): by the primary reference, then by the fallback (charge id, merchant
+# reference). Among several orders with that reference, one is chosen deterministically: the
+# holder, then an order holding it before migration 0004, then the latest turned-down order (a
+# client retrying a rejected payment leaves several; the money belongs with the last attempt).
+MATCH_ORDERS_WITHOUT_HOLDER = """
 UPDATE settlement_matches m
 SET (order_id, order_status, order_reference, order_currency, expected_amount) = (
     SELECT o.id, o.status, o.payment_reference, o.currency, COALESCE(o.payment_amount, o.total_amount)
     FROM orders o
-    WHERE o.payment_provider = %(provider)s AND o.payment_reference = m.alt_reference
-    ORDER BY o.id
+    WHERE o.payment_provider = %(provider)s AND o.payment_reference IN (m.reference, m.alt_reference)
+    ORDER BY o.payment_reference = m.reference DESC,
+             o.status IN ('PENDING', 'CONFIRMED') AND NOT o.legacy_duplicate_payment DESC,
+             o.status IN ('PENDING', 'CONFIRMED') DESC,
+             o.created_at DESC, o.id DESC
     LIMIT 1)
-WHERE m.order_id IS NULL AND m.alt_reference IS NOT NULL
+WHERE m.order_id IS NULL
 """
 
 # One outcome per payment. The category rules are documented in conveyor.reconciliation.
@@ -322,7 +332,7 @@ def reconcile(
             cutoff = datetime.fromisoformat(latest)
         provider = reader.provider
         session.execute(MATCH_ORDERS, {"provider": provider})
-        session.execute(MATCH_ORDERS_BY_ALT_REFERENCE, {"provider": provider})
+        session.execute(MATCH_ORDERS_WITHOUT_HOLDER, {"provider": provider})
         session.execute("ANALYZE settlement_matches")
         # Grouping a million matches by order: sorting took a third of the time of hashing, whose
         # per-group sum and min/max states the planner underestimates (1.9 s and 420 MB vs 0.7 s).

@@ -27,8 +27,10 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+from conveyor.observability import describe_error, log_failure
 from conveyor.reconciliation.service import (
     NOT_STARTED_NOTE, DirectConnectionRequired, ReconciliationService, RunClaims, RunConflict,
 )
@@ -58,9 +60,11 @@ class _Job:
 
 class BackgroundRuns:
     def __init__(self, service: ReconciliationService, threads: int = 1, recovery_interval: float | None = None,
-                 orphan_failure_grace: int = ORPHAN_FAILURE_GRACE_SECONDS):
+                 orphan_failure_grace: int = ORPHAN_FAILURE_GRACE_SECONDS, report_dir: Path | None = None):
+        """`report_dir`: the only folder whose local reports a run is recovered from (None: none)."""
         # One thread is enough: the engine serialises runs in the database anyway.
         self.service = service
+        self.report_dir = report_dir
         self.recovery_interval = recovery_interval or float(
             os.environ.get(RECOVERY_INTERVAL_VARIABLE) or DEFAULT_RECOVERY_INTERVAL_SECONDS)
         self.orphan_failure_grace = orphan_failure_grace
@@ -167,7 +171,7 @@ class BackgroundRuns:
             except Exception as exc:  # noqa: BLE001 - the database may be starting or failing over: try again
                 wait = next(retry_delays, self.recovery_interval)
                 self.service.logger.warning("recovery of orphaned reconciliation runs failed; retrying",
-                                            extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_s": wait})
+                                            extra={"error": describe_error(exc), "retry_in_s": wait})
             if self._stopping.wait(wait):
                 return
 
@@ -189,7 +193,7 @@ class BackgroundRuns:
                 raise RunConflict("run_in_progress", f"run {run_id} is executing; follow its status until it is"
                                                      " COMPLETED or FAILED")
             try:
-                report = reopen(run_id, run["source"], run["content_sha256"])
+                report = reopen(run_id, run["source"], run["content_sha256"], self.report_dir)
             except ReportUnavailable as exc:
                 if fail_unreadable and run["status"] != "FAILED":
                     self.service.fail_orphaned(
@@ -220,8 +224,8 @@ class BackgroundRuns:
         status = None
         try:
             status = self.service.execute(job.run_id, job.report, stop=job.stop)["status"]
-        except Exception:
-            self.service.logger.exception("reconciliation job failed", extra={"run_id": job.run_id})
+        except Exception as exc:
+            log_failure(self.service.logger, "reconciliation job failed", exc, run_id=job.run_id)
         finally:
             self._finish(job, status)
 
@@ -270,8 +274,8 @@ class BackgroundRuns:
         for job in never_started:
             try:
                 self.service.leave_for_recovery(job.run_id, NOT_STARTED_NOTE)
-            except Exception:  # noqa: BLE001 - still QUEUED, and unclaimed once this process is gone
-                self.service.logger.exception("could not note a run left for recovery", extra={"run_id": job.run_id})
+            except Exception as exc:  # noqa: BLE001 - still QUEUED, and unclaimed once this process is gone
+                log_failure(self.service.logger, "could not note a run left for recovery", exc, run_id=job.run_id)
             # Its spooled report stays, as run-ID.csv, for the recovery.
             self._finish(job, status=None)
         if never_started:

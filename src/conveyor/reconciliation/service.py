@@ -31,7 +31,7 @@ from sqlalchemy.engine import Engine
 
 from conveyor.adapters.database import Database
 from conveyor.dataapi.client import DataApiDatabase
-from conveyor.observability import get_logger
+from conveyor.observability import describe_error, get_logger
 from conveyor.reconciliation.engine import (
     CATEGORIES, LOCK_CLASS, RUN_LOCK_CLASS, TOTAL_FIELDS, Progress, RunInterrupted, RunPlan, RunSession, reconcile,
 )
@@ -387,7 +387,7 @@ class ReconciliationService:
             self.leave_for_recovery(run_id, INTERRUPTED_NOTE)
             self.logger.warning("reconciliation interrupted; left for recovery", extra=log)
         except Exception as exc:
-            self._fail(run_id, f"the run stopped on an unexpected error ({type(exc).__name__}: {exc}); nothing was"
+            self._fail(run_id, f"the run stopped on an unexpected error ({describe_error(exc)}); nothing was"
                        " applied. Submit the report again to restart it.", log)
             raise
         else:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from conveyor.adapters.database import RETRYABLE_SQLSTATES, is_transient, sqlstate_of
-from conveyor.adapters.order_store import OrderStore
+from conveyor.adapters.order_store import OrderStore, payment_reference_race
 from conveyor.domain.orders import (
     CancelOrder,
     Command,
@@ -89,16 +89,17 @@ class BatchProcessor:
     def _apply(self, commands: list[Command], result: BatchResult) -> None:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             result.attempts += 1
-            catalog, known = self.store.read_batch_state(
+            catalog, known, payment_holders = self.store.read_batch_state(
                 [c.order_id for c in commands],
                 [line.sku for c in commands if isinstance(c, PlaceOrder) for line in c.lines],
+                [c.payment.key for c in commands if isinstance(c, PlaceOrder)],
             )
-            plan = plan_batch(commands, catalog, known)
+            plan = plan_batch(commands, catalog, known, payment_holders)
             try:
                 if plan.has_writes:
                     self.store.apply(plan)
             except DBAPIError as exc:
-                reason = RETRYABLE_SQLSTATES.get(sqlstate_of(exc) or "")
+                reason = RETRYABLE_SQLSTATES.get(sqlstate_of(exc) or "") or payment_reference_race(exc)
                 if reason is None or attempt == MAX_ATTEMPTS:
                     raise
                 self.logger.info("retrying batch", extra={"reason": reason, "attempt": attempt,

@@ -7,14 +7,14 @@
 - reconciliation_runs.inconsistent_rows: rows whose gross, fee and net disagree
   ({"count", "lines", "message"}); a warning, the run reconciles them as given.
 
-Revision ID: 0007_settlement_reading
-Revises: 0003_generic_column_map
+Revision ID: 0005_settlement_reading
+Revises: 0004_payment_reference
 Create Date: 2026-11-24
 """
 from alembic import op
 
-revision = "0007_settlement_reading"
-down_revision = "0003_generic_column_map"
+revision = "0005_settlement_reading"
+down_revision = "0004_payment_reference"
 branch_labels = None
 depends_on = None
 
