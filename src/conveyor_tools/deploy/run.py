@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,13 +43,23 @@ def _write_json(path: Path, document: Any) -> Path:
 
 
 def _package_apps(stage: StageConfig, context: AwsContext, outputs: Outputs, work_dir: Path,
-                  package: PackageApps, say: Say) -> dict[str, Path]:
+                  package: PackageApps, say: Say, packages_dir: Path | None = None) -> dict[str, Path]:
     settings = {}
     for app in CHALICE_APPS:
         policy_file = _write_json(work_dir / "policies" / f"{app}.json", render_policy(app, stage, context, outputs))
         settings[app] = stage_settings(app, outputs, policy_file)
-    return package(work_dir / "packages", stage=stage.name, stage_settings=settings,
+    return package(packages_dir or work_dir / "packages", stage=stage.name, stage_settings=settings,
                    merge_templates={app: merge_template(app, stage) for app in CHALICE_APPS}, progress=say)
+
+
+def package_offline(stage_name: str, out: Path, say: Say, *, region: str = "us-east-1") -> dict[str, Path]:
+    """A stage's Lambda packages into out/APP as a dry run builds them: policies and environment from the
+    outputs its stacks will have (`conveyor package`)."""
+    stage = load_stage(stage_name, say)
+    context = AwsContext(region=region, account_id=DRY_RUN_ACCOUNT)
+    with tempfile.TemporaryDirectory(prefix="conveyor-policies-") as policies:
+        return _package_apps(stage, context, predicted_outputs(stage, context), Path(policies), _packager(), say,
+                             packages_dir=out)
 
 
 def _code_key(stage: StageConfig, app: str, archive: Path) -> str:
