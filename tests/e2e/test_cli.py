@@ -16,7 +16,7 @@ from conveyor.services.ordering import hash_api_key
 
 def conveyor(*args: str, database_url: str, cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "DATABASE_URL": database_url}
-    return subprocess.run([sys.executable, "-m", "conveyor.cli", *args], env=env, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "conveyor_tools.cli", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -150,7 +150,7 @@ def test_reconcile_waits_for_a_run_another_process_holds_and_then_shows_it(datab
     assert claimed
 
     env = {**os.environ, "DATABASE_URL": database_url}
-    waiting = subprocess.Popen([sys.executable, "-m", "conveyor.cli", "reconcile", str(report)], env=env,
+    waiting = subprocess.Popen([sys.executable, "-m", "conveyor_tools.cli", "reconcile", str(report)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(2)
@@ -173,7 +173,7 @@ def test_reconcile_says_what_to_do_when_the_process_it_waits_for_dies(database, 
     run, _ = service.submit_claimed(open_source(str(report)), None, None, dying)
 
     env = {**os.environ, "DATABASE_URL": database_url}
-    waiting = subprocess.Popen([sys.executable, "-m", "conveyor.cli", "reconcile", str(report)], env=env,
+    waiting = subprocess.Popen([sys.executable, "-m", "conveyor_tools.cli", "reconcile", str(report)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(2)

@@ -17,8 +17,8 @@ from conveyor.adapters.database import Database
 from conveyor.console.app import Services, create_app
 from conveyor.console.settings import DatabaseSettings
 from conveyor.dataapi.client import DataApiDatabase
-from conveyor.dataapi.server import LocalDataApi
-from conveyor.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
+from conveyor_tools.dataapi.server import LocalDataApi
+from conveyor_tools.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
 from support import console_run
 
 pytestmark = pytest.mark.e2e

@@ -22,10 +22,10 @@ from conveyor.adapters.database import is_transient, sqlstate_of
 from conveyor.adapters.order_store import OrderStore
 from conveyor.dataapi.client import DataApiDatabase, retry_budget
 from conveyor.dataapi.migrations import upgrade_through_data_api
-from conveyor.dataapi.server import LocalDataApi
-from conveyor.local.database import libpq_url
-from conveyor.local.event_source import LocalLambdaContext, SqsEventSourceMapping
-from conveyor.local.sqs import LocalSqs, sqs_client
+from conveyor_tools.dataapi.server import LocalDataApi
+from conveyor_tools.local.database import libpq_url
+from conveyor_tools.local.event_source import LocalLambdaContext, SqsEventSourceMapping
+from conveyor_tools.local.sqs import LocalSqs, sqs_client
 from conveyor.services.processing import BatchProcessor, QueueRecord
 
 CLUSTER = "arn:aws:rds:us-east-1:123456789012:cluster:conveyor-local"

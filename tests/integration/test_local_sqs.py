@@ -16,8 +16,8 @@ import pytest
 from aws_lambda_powertools.utilities.parser.models import SqsModel
 from botocore.client import BaseClient
 
-from conveyor.local.event_source import EventSourceStats, LambdaHandler, LocalLambdaContext, SqsEventSourceMapping
-from conveyor.local.sqs import LocalSqs, sqs_client
+from conveyor_tools.local.event_source import EventSourceStats, LambdaHandler, LocalLambdaContext, SqsEventSourceMapping
+from conveyor_tools.local.sqs import LocalSqs, sqs_client
 
 
 @pytest.fixture

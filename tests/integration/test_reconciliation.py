@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from conveyor.adapters.database import Database, sqlstate_of
 from conveyor.dataapi.client import DataApiDatabase
-from conveyor.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
+from conveyor_tools.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
 from conveyor.reconciliation import engine, loading, sessions
 from conveyor.reconciliation.engine import CATEGORIES
 from conveyor.reconciliation.formats import SettlementReportError

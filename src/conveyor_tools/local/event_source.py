@@ -20,7 +20,7 @@ from typing import Any
 
 from botocore.client import BaseClient
 
-from conveyor.local.sqs import sqs_client
+from conveyor_tools.local.sqs import sqs_client
 
 LambdaHandler = Callable[[dict[str, Any], Any], Any]
 

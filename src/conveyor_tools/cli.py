@@ -14,13 +14,13 @@ console = Console(stderr=True, highlight=False)
 
 def _database(connections: int = 1):
     from conveyor.adapters.database import Database, create_engine_for
-    from conveyor.local.database import resolve_database_url
+    from conveyor_tools.local.database import resolve_database_url
 
     return Database(create_engine_for(resolve_database_url(), pool_size=connections))
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from conveyor.local.stack import DevSettings, run
+    from conveyor_tools.local.stack import DevSettings, run
 
     run(
         DevSettings(api_port=args.port, sqs_port=args.sqs_port, pollers=args.pollers,
@@ -41,7 +41,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         upgrade_through_data_api(os.environ[RESOURCE_ARN_VARIABLE], os.environ[SECRET_ARN_VARIABLE],
                                  os.environ[DATABASE_VARIABLE])
     else:
-        from conveyor.local.database import resolve_database_url
+        from conveyor_tools.local.database import resolve_database_url
         from conveyor.migrations_runner import upgrade
 
         upgrade(resolve_database_url())
@@ -67,7 +67,7 @@ def cmd_catalog_import(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from conveyor.loadgen import LoadSettings, run_load
+    from conveyor_tools.loadgen import LoadSettings, run_load
 
     summary = run_load(
         LoadSettings(
@@ -87,8 +87,8 @@ def cmd_load(args: argparse.Namespace) -> int:
 def cmd_chaos(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from conveyor.chaos import ChaosRun, ChaosSettings
-    from conveyor.local.database import resolve_database_url, scratch_database
+    from conveyor_tools.chaos import ChaosRun, ChaosSettings
+    from conveyor_tools.local.database import resolve_database_url, scratch_database
 
     settings = ChaosSettings(orders=args.orders, workers=args.workers, fault_rate=args.fault_rate,
                              seed=args.seed, naive=args.naive, data_api=args.data_api)
@@ -206,8 +206,8 @@ def cmd_dataapi(args: argparse.Namespace) -> int:
 
     from sqlalchemy.engine import make_url
 
-    from conveyor.dataapi.server import LocalDataApi
-    from conveyor.local.database import resolve_database_url
+    from conveyor_tools.dataapi.server import LocalDataApi
+    from conveyor_tools.local.database import resolve_database_url
 
     database_url = args.database_url or resolve_database_url()
     endpoint = LocalDataApi(
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: say what to do next
-        from conveyor.loadgen import LoadError
+        from conveyor_tools.loadgen import LoadError
         from conveyor.reconciliation.formats import SettlementReportError
         from conveyor.reconciliation.service import ReconciliationError
         from conveyor.services.admin import AdminError

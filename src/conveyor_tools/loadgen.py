@@ -16,7 +16,7 @@ import requests
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from conveyor.local.database import STATE_DIR_NAME
+from conveyor_tools.local.database import STATE_DIR_NAME
 
 
 class LoadError(RuntimeError):
@@ -59,7 +59,7 @@ def _local_stack(settings: LoadSettings) -> tuple[str, str]:
 
 def _catalog(currency: str) -> list[tuple[str, int]]:
     from conveyor.adapters.database import Database, create_engine_for
-    from conveyor.local.database import resolve_database_url
+    from conveyor_tools.local.database import resolve_database_url
 
     database = Database(create_engine_for(resolve_database_url(), pool_size=1))
     items = database.fetch_json(

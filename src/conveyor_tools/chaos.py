@@ -239,7 +239,7 @@ def _worker_main(connection: Connection, database_url: str, naive: bool, slow_se
     ChaosWorker.slow_seconds = slow_seconds
     if data_api_url:
         from conveyor.dataapi.client import DataApiDatabase
-        from conveyor.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
+        from conveyor_tools.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
 
         os.environ.update(AWS_ENDPOINT_URL_RDS_DATA=data_api_url, AWS_DEFAULT_REGION="us-east-1",
                           AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test")
@@ -378,12 +378,12 @@ class _DataApiProcess:
     """`conveyor dataapi` in a process of its own, so its HTTP work does not slow the queue loop."""
 
     def __init__(self, database_url: str, startup_timeout: float = 30.0):
-        from conveyor.local.sqs import free_port
+        from conveyor_tools.local.sqs import free_port
 
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "conveyor.cli", "dataapi", "--port", str(port), "--database-url", database_url],
+            [sys.executable, "-m", "conveyor_tools.cli", "dataapi", "--port", str(port), "--database-url", database_url],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         deadline = time.monotonic() + startup_timeout
