@@ -13,7 +13,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
 # chalice (a dependency of the package) requires pip<26.3.
-RUN /opt/venv/bin/pip install --quiet "pip<26.3" && /opt/venv/bin/pip install --quiet . \
+RUN /opt/venv/bin/pip install --quiet "pip<26.3" && /opt/venv/bin/pip install --quiet ".[console]" \
     && /opt/venv/bin/python -c "import conveyor.console.wsgi"
 
 FROM ${BASE_IMAGE}

@@ -18,5 +18,5 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# chalice 1.34 requires pip<26.3
 	$(BIN)/pip install --quiet --disable-pip-version-check "pip<26.3"
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[console,local,dev]"
 	touch $@
