@@ -25,12 +25,13 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from sqlalchemy.engine import make_url
 
 from conveyor.adapters.database import Database, create_engine_for
-from conveyor.adapters.order_store import APPLY_BATCH_PLAN, OrderStore, plan_body
+from conveyor.adapters.order_store import OrderStore, apply_batch_plan_statement
 from conveyor.domain.orders import order_id_for, request_fingerprint
 from conveyor.messages import cancel_message, place_message
 from conveyor.services.admin import create_client, import_catalog
@@ -209,20 +210,17 @@ class FaultyStore(OrderStore):
 class NaiveStore(FaultyStore):
     """The classic bug: effects not tied to the idempotent claim. The harness must catch it."""
 
+    def __init__(self, database: Database):
+        super().__init__(database, apply_statement=NAIVE_APPLY_BATCH_PLAN)
+
     def read_batch_state(self, order_ids, skus):
         catalog, _ = super().read_batch_state(order_ids, skus)
         return catalog, {}  # never asks whether a message was already processed
 
-    def apply(self, plan):
-        return self.database.fetch_json(NAIVE_APPLY_BATCH_PLAN, {"plan": json.dumps(plan_body(plan))})
-
 
 # Reserves stock for every planned confirmation, whether or not this delivery inserted the order.
-NAIVE_APPLY_BATCH_PLAN = APPLY_BATCH_PLAN.replace(
-    "SELECT reservation, 1 AS direction FROM placed WHERE created AND status = 'CONFIRMED'",
-    "SELECT reservation, 1 AS direction FROM placement WHERE status = 'CONFIRMED'",
-)
-assert NAIVE_APPLY_BATCH_PLAN != APPLY_BATCH_PLAN
+NAIVE_APPLY_BATCH_PLAN = apply_batch_plan_statement(
+    reserve_for="SELECT reservation, 1 AS direction FROM placement WHERE status = 'CONFIRMED'")
 
 
 class ChaosWorker:
@@ -394,7 +392,8 @@ class _DataApiProcess:
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError("the local Data API endpoint did not start; run `conveyor dataapi` to see why")
+                    raise RuntimeError(
+                        "the local Data API endpoint did not start; run `conveyor dataapi` to see why") from None
                 time.sleep(0.1)
 
     def stop(self) -> None:

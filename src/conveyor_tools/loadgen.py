@@ -58,10 +58,9 @@ def _local_stack(settings: LoadSettings) -> tuple[str, str]:
 
 
 def _catalog(currency: str) -> list[tuple[str, int]]:
-    from conveyor.adapters.database import Database, create_engine_for
-    from conveyor_tools.local.database import resolve_database_url
+    from conveyor_tools.local.database import open_command_database
 
-    database = Database(create_engine_for(resolve_database_url(), pool_size=1))
+    database = open_command_database()
     items = database.fetch_json(
         "SELECT COALESCE(json_agg(json_build_array(sku, unit_price) ORDER BY sku), '[]')::text"
         " FROM catalog WHERE currency = :currency AND stock_available > 1000",

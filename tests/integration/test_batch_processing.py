@@ -8,10 +8,10 @@ from collections import Counter
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.exc import DBAPIError
 from support import Shop
 
 from conveyor.adapters.order_store import OrderStore
+from conveyor.errors import PermanentError
 from conveyor.services.processing import BatchProcessor, QueueRecord
 
 logger = logging.getLogger("test-worker")
@@ -184,7 +184,7 @@ def test_the_audit_trail_is_append_only(shop, processor):
     processor.process([record])
 
     for statement in ("UPDATE order_events SET cause = 'edited'", "DELETE FROM order_events"):
-        with pytest.raises(DBAPIError, match="append-only"):
+        with pytest.raises(PermanentError, match="append-only"):
             shop.database.execute(statement)
     assert shop.events(order_id) == [(None, "CONFIRMED")]
 

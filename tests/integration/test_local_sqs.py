@@ -92,7 +92,7 @@ def test_starting_twice_keeps_one_queue_and_one_dlq(queue_names: tuple[str, str]
         assert sqs.queue_arn == f"arn:aws:sqs:us-east-1:123456789012:{queue_name}"
 
     with pytest.raises(RuntimeError, match="not started"):
-        sqs.queue_url
+        sqs.queue_url  # noqa: B018 - the property refuses before start
 
 
 def test_handler_gets_an_event_shaped_like_lambdas_and_a_context(fast_sqs: LocalSqs, client: BaseClient) -> None:

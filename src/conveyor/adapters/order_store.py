@@ -6,7 +6,6 @@ import uuid
 from contextlib import AbstractContextManager
 from typing import Any
 
-from conveyor.adapters.database import Database
 from conveyor.domain.orders import (
     BatchPlan,
     CatalogItem,
@@ -14,6 +13,7 @@ from conveyor.domain.orders import (
     OrderStatus,
     Placement,
 )
+from conveyor.ports import Database
 
 READ_BATCH_STATE = """
 SELECT json_build_object(
@@ -34,11 +34,21 @@ SELECT json_build_object(
 )::text
 """
 
+# Stock is reserved only for the placements this statement really inserted (see below).
+RESERVE_FOR_CLAIMED_PLACEMENTS = "SELECT reservation, 1 AS direction FROM placed WHERE created AND status = 'CONFIRMED'"
+
+
+def apply_batch_plan_statement(reserve_for: str = RESERVE_FOR_CLAIMED_PLACEMENTS) -> str:
+    """APPLY_BATCH_PLAN; `reserve_for` selects the placements whose reservation moves stock (the chaos
+    harness passes a naive one, to show what the claim prevents)."""
+    return _APPLY_BATCH_PLAN.replace("{reserve_for}", reserve_for)
+
+
 # One statement applies a whole batch. Each order row is claimed with
 # INSERT .. ON CONFLICT, which sees and locks the latest committed row even when
 # a concurrent worker wrote it after this statement's snapshot, so stock moves,
 # lines and audit events follow only from rows this statement really changed.
-APPLY_BATCH_PLAN = """
+_APPLY_BATCH_PLAN = """
 WITH
 plan AS (SELECT CAST(:plan AS jsonb) AS body),
 placement AS (
@@ -97,7 +107,7 @@ cancelled AS (
 stock_change AS (
     SELECT held.key AS sku, sum(CAST(held.value AS integer) * change.direction) AS quantity
     FROM (
-        SELECT reservation, 1 AS direction FROM placed WHERE created AND status = 'CONFIRMED'
+        {reserve_for}
         UNION ALL
         SELECT reservation, -1 FROM cancelled WHERE NOT created
     ) AS change
@@ -138,6 +148,8 @@ SELECT json_build_object(
     'events', (SELECT count(*) FROM events)
 )::text
 """
+
+APPLY_BATCH_PLAN = apply_batch_plan_statement()
 
 ORDER_JSON = """
 json_build_object(
@@ -200,8 +212,9 @@ SELECT COALESCE((
 
 
 class OrderStore:
-    def __init__(self, database: Database):
+    def __init__(self, database: Database, apply_statement: str = APPLY_BATCH_PLAN):
         self.database = database
+        self.apply_statement = apply_statement
 
     def pinned(self) -> AbstractContextManager[None]:
         """Keep one connection for a batch's statements."""
@@ -230,7 +243,7 @@ class OrderStore:
         return catalog, known
 
     def apply(self, plan: BatchPlan) -> dict[str, int]:
-        return self.database.fetch_json(APPLY_BATCH_PLAN, {"plan": json.dumps(plan_body(plan))})
+        return self.database.fetch_json(self.apply_statement, {"plan": json.dumps(plan_body(plan))})
 
     def get_order(self, client_id: uuid.UUID, order_id: uuid.UUID) -> dict[str, Any] | None:
         return self.database.fetch_json(

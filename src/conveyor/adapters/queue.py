@@ -8,13 +8,14 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from conveyor.errors import TransientError
 from conveyor.observability import CORRELATION_ATTRIBUTE
 
 # An API request waits on this call: fail over to "retry later" in seconds, not minutes.
 CLIENT_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
 
 
-class QueueUnavailable(OSError):
+class QueueUnavailable(TransientError):
     """SQS could not be reached; the caller may retry the same request later."""
 
 

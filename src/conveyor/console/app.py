@@ -65,7 +65,7 @@ class Services:
 
         def build() -> None:
             try:
-                self.runs
+                self.runs  # noqa: B018 - built on first access
             except Exception as exc:  # noqa: BLE001 - e.g. not configured: the first request says so
                 get_logger("conveyor-console").warning(
                     "reconciliation runs are not recovered at startup", extra={"error": f"{type(exc).__name__}: {exc}"})
