@@ -1,6 +1,11 @@
 """Orders API on Lambda: routes parse the request, call one service function and shape the answer."""
 from __future__ import annotations
 
+import os
+
+# Conveyor uses no pydantic plugins; looking for them reads every installed package's metadata at cold start.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
 import json
 
 from chalice import Chalice, Response
