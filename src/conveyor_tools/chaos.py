@@ -33,6 +33,7 @@ from sqlalchemy.engine import make_url
 from conveyor.adapters.database import Database, create_engine_for
 from conveyor.adapters.order_store import OrderStore, apply_batch_plan_statement
 from conveyor.domain.orders import order_id_for, request_fingerprint
+from conveyor.errors import TransientError
 from conveyor.messages import cancel_message, place_message
 from conveyor.services.admin import create_client, import_catalog
 
@@ -180,7 +181,7 @@ def build_workload(database: Database, settings: ChaosSettings, rng: random.Rand
 # --- worker processes ---------------------------------------------------------------------
 
 
-class InjectedFault(OSError):
+class InjectedFault(TransientError):
     """A transient failure the harness asked for; the worker treats it like a lost connection."""
 
 
