@@ -1,14 +1,18 @@
 """Orders API on Lambda: routes parse the request, call one service function and shape the answer."""
 from __future__ import annotations
 
+import os
+
+# Conveyor uses no pydantic plugins; looking for them reads every installed package's metadata at cold start.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
 import json
 
 from chalice import Chalice, Response
 
-from conveyor import bootstrap
-from conveyor.adapters.database import is_transient
+from conveyor import api_requests, bootstrap
+from conveyor.errors import TransientError
 from conveyor.observability import CORRELATION_HEADER, get_logger, new_correlation_id
-from conveyor.openapi import openapi_document
 from conveyor.schemas import InvalidRequest
 from conveyor.services.ordering import Conflict, NotFound, Unauthorized
 
@@ -67,13 +71,13 @@ def handled(route):
             return _error(404, "not_found", str(exc), correlation_id, "order_id")
         except Conflict as exc:
             return _error(409, "conflict", str(exc), correlation_id, exc.field)
-        except Exception as exc:
-            if is_transient(exc):
-                logger.warning("dependency unavailable", extra={"reason": str(exc)[:300]})
-                response = _error(503, "unavailable", "a dependency is unavailable; retry with the same Idempotency-Key",
-                                  correlation_id, "request")
-                response.headers["Retry-After"] = "2"
-                return response
+        except TransientError as exc:
+            logger.warning("dependency unavailable", extra={"reason": str(exc)[:300]})
+            response = _error(503, "unavailable", "a dependency is unavailable; retry with the same Idempotency-Key",
+                              correlation_id, "request")
+            response.headers["Retry-After"] = "2"
+            return response
+        except Exception:
             logger.exception("request failed")
             return _error(500, "internal_error", "the request failed; retry with the same Idempotency-Key",
                           correlation_id, "request")
@@ -88,9 +92,8 @@ def handled(route):
 @handled
 def place_order(client, correlation_id):
     request = app.current_request
-    accepted = bootstrap.order_service().place_order(
-        client, request.headers.get("idempotency-key"), request.raw_body, correlation_id
-    )
+    command = api_requests.new_order(request.headers.get("idempotency-key"), request.raw_body)
+    accepted = bootstrap.order_service().place_order(client, command, correlation_id)
     return 202, accepted, {"Location": f"/orders/{accepted['order_id']}"}
 
 
@@ -99,21 +102,21 @@ def place_order(client, correlation_id):
 def list_orders(client, correlation_id):
     query = app.current_request.query_params or {}
     page = bootstrap.order_service().list_orders(
-        client, query.get("status"), query.get("limit"), query.get("cursor")
+        client, api_requests.orders_query(query.get("status"), query.get("limit"), query.get("cursor"))
     )
-    return 200, page, None
+    return 200, {"orders": page.orders, "next_cursor": api_requests.encode_cursor(page.next_after)}, None
 
 
 @app.route("/orders/{order_id}", methods=["GET"], api_key_required=True)
 @handled
 def get_order(client, correlation_id, order_id):
-    return 200, bootstrap.order_service().get_order(client, order_id), None
+    return 200, bootstrap.order_service().get_order(client, api_requests.order_id(order_id)), None
 
 
 @app.route("/orders/{order_id}/cancel", methods=["POST"], api_key_required=True)
 @handled
 def cancel_order(client, correlation_id, order_id):
-    accepted = bootstrap.order_service().request_cancel(client, order_id, correlation_id)
+    accepted = bootstrap.order_service().request_cancel(client, api_requests.order_id(order_id), correlation_id)
     return 202, accepted, {"Location": f"/orders/{order_id}"}
 
 
@@ -124,4 +127,6 @@ def health():
 
 @app.route("/openapi.json", methods=["GET"])
 def openapi():
+    from conveyor.openapi import openapi_document  # builds JSON schemas: only when asked for
+
     return openapi_document()

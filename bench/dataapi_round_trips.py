@@ -3,7 +3,7 @@
     python bench/dataapi_round_trips.py [--batches 20] [--latency-ms 25]
 
 The real code path (BatchProcessor -> OrderStore -> DataApiDatabase -> boto3) runs
-against the local Data API endpoint (conveyor.dataapi.server) in front of PostgreSQL:
+against the local Data API endpoint (conveyor_tools.dataapi.server) in front of PostgreSQL:
 
 - calls: Data API calls for a batch of 10 new orders, for the same 10 messages
   delivered again (duplicates), and for one GET /orders/{id} (OrderStore.get_order),
@@ -38,9 +38,9 @@ from sqlalchemy.engine import make_url
 from conveyor.adapters.database import Database, create_engine_for
 from conveyor.adapters.order_store import OrderStore
 from conveyor.dataapi.client import DataApiDatabase
-from conveyor.dataapi.server import LocalDataApi
+from conveyor_tools.dataapi.server import LocalDataApi
 from conveyor.domain.orders import order_id_for, request_fingerprint
-from conveyor.local.database import disposable_server, scratch_database
+from conveyor_tools.local.database import disposable_server, scratch_database
 from conveyor.messages import place_message
 from conveyor.services.admin import create_client, import_catalog
 from conveyor.services.processing import BatchProcessor, QueueRecord

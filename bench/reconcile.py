@@ -41,7 +41,7 @@ from pathlib import Path
 import psycopg
 from rich.console import Console
 
-from conveyor.local.database import disposable_server, libpq_url, scratch_database
+from conveyor_tools.local.database import disposable_server, libpq_url, scratch_database
 
 TARGET_RATIO = 5.0
 TARGET_RSS_MB = 250.0

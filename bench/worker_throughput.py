@@ -49,7 +49,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from conveyor.adapters.database import Database, create_engine_for
 from conveyor.adapters.order_store import OrderStore
 from conveyor.domain.orders import order_id_for, request_fingerprint
-from conveyor.local.database import disposable_server, libpq_url, scratch_database
+from conveyor_tools.local.database import disposable_server, libpq_url, scratch_database
 from conveyor.messages import place_message
 from conveyor.schemas import parse_order_request
 from conveyor.services.processing import BatchProcessor, QueueRecord

@@ -10,9 +10,9 @@ from sqlalchemy.engine import make_url
 
 from conveyor.adapters.database import Database, create_engine_for
 from conveyor.dataapi.client import DataApiDatabase
-from conveyor.dataapi.server import LocalDataApi
-from conveyor.local.database import disposable_server, scratch_database
-from conveyor.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
+from conveyor_tools.dataapi.server import LocalDataApi
+from conveyor_tools.local.database import disposable_server, scratch_database
+from conveyor_tools.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
 
 TABLES = ("discrepancy_resolutions", "admin_audit", "message_failures", "console_api_tokens", "console_login_failures",
           "console_users", "reconciliation_discrepancies", "reconciliation_runs", "order_payment_status",

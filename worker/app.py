@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import os
+
+# Conveyor uses no pydantic plugins; looking for them reads every installed package's metadata at cold start.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
 from contextlib import nullcontext
 
 from chalice import Chalice

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -151,8 +152,8 @@ class CancelOrderMessage(Strict):
     requested_at: AwareDatetime
 
 
-QueueMessage = TypeAdapter(
-    Annotated[Union[PlaceOrderMessage, CancelOrderMessage], Field(discriminator="type")]
+QueueMessage: TypeAdapter[PlaceOrderMessage | CancelOrderMessage] = TypeAdapter(
+    Annotated[PlaceOrderMessage | CancelOrderMessage, Field(discriminator="type")]
 )
 
 
@@ -181,6 +182,7 @@ def field_path(location: tuple[int | str, ...]) -> str:
 def _find_nul(value: Any, location: tuple[int | str, ...]) -> tuple[int | str, ...] | None:
     if isinstance(value, str):
         return location if "\x00" in value else None
+    items: Iterable[tuple[Any, Any]]
     if isinstance(value, dict):
         items = value.items()
     elif isinstance(value, list):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.local.stack import DevSettings, LocalStack
+from conveyor_tools.local.stack import DevSettings, LocalStack
 from conveyor.services import users
 from conveyor.services.access import Actor, Role
 from browser_support import PASSWORD

@@ -13,7 +13,7 @@ import requests
 from playwright.sync_api import expect
 
 from browser_support import sign_in, shot
-from conveyor.local.stack import FIRST_ADMIN
+from conveyor_tools.local.stack import FIRST_ADMIN
 from conveyor.services.access import Role
 
 STRIPE_HEADER = "balance_transaction_id,created_utc,currency,gross,fee,net,reporting_category,charge_id,payment_intent_id"

@@ -35,8 +35,8 @@ cgroup_manager = "cgroupfs"
 events_logger = "file"
 tmp_dir = "{tmp_dir}"
 """
-REPORT = ("balance_transaction_id,created_utc,currency,gross,fee,net,reporting_category,charge_id,payment_intent_id\r\n"
-          "txn_1,2026-10-02 09:00:00,jpy,5000,180,4820,charge,ch_1,pi_container_1\r\n").encode()
+REPORT = (b"balance_transaction_id,created_utc,currency,gross,fee,net,reporting_category,charge_id,payment_intent_id\r\n"
+          b"txn_1,2026-10-02 09:00:00,jpy,5000,180,4820,charge,ch_1,pi_container_1\r\n")
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("podman") is None,

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import requests
 
-from conveyor.local.stack import DevSettings, LocalStack
+from conveyor_tools.local.stack import DevSettings, LocalStack
 from conveyor.services.admin import create_client
 
 

@@ -9,7 +9,7 @@ from chalice.test import Client
 from support import order_body
 
 from conveyor import bootstrap
-from conveyor.local.stack import load_chalice_app
+from conveyor_tools.local.stack import load_chalice_app
 from conveyor.services.admin import create_client
 
 UNREACHABLE = "http://127.0.0.1:9"  # discard port: nothing listens here

@@ -18,7 +18,7 @@ from conveyor.services.ordering import hash_api_key
 
 def conveyor(*args: str, database_url: str, cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "DATABASE_URL": database_url}
-    return subprocess.run([sys.executable, "-m", "conveyor.cli", *args], env=env, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "conveyor_tools.cli", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -148,7 +148,7 @@ WAITING = "waiting for the process that executes the run"
 
 def reconcile_in_background(report, database_url: str) -> subprocess.Popen:
     env = {**os.environ, "DATABASE_URL": database_url}
-    return subprocess.Popen([sys.executable, "-m", "conveyor.cli", "reconcile", str(report)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "conveyor_tools.cli", "reconcile", str(report)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

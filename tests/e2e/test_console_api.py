@@ -13,7 +13,7 @@ from moto import mock_aws
 from conveyor.adapters.database import Database
 from conveyor.console.app import Services, create_app
 from conveyor.console.settings import DatabaseSettings
-from conveyor.local.database import libpq_url
+from conveyor_tools.local.database import libpq_url
 from conveyor.reconciliation import engine
 from conveyor.reconciliation.engine import CATEGORIES
 from conveyor.reconciliation.service import ReconciliationService, direct_connection

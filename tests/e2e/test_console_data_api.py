@@ -17,8 +17,8 @@ from conveyor.adapters.database import Database
 from conveyor.console.app import Services, create_app
 from conveyor.console.settings import DatabaseSettings
 from conveyor.dataapi.client import DataApiDatabase
-from conveyor.dataapi.server import LocalDataApi
-from conveyor.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
+from conveyor_tools.dataapi.server import LocalDataApi
+from conveyor_tools.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
 from support import console_run
 
 pytestmark = pytest.mark.e2e
@@ -26,12 +26,12 @@ pytestmark = pytest.mark.e2e
 TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 REPORT = (
-    "balance_transaction_id,created_utc,currency,gross,fee,net,reporting_category,charge_id,payment_intent_id\r\n"
-    "txn_1,2026-10-02 09:00:00,usd,12.50,0.66,11.84,charge,ch_1,pi_data_api_1\r\n"
-    "txn_2,2026-10-02 09:05:00,usd,5.00,0.45,4.55,charge,ch_2,pi_nobody_1\r\n"
-    "txn_3,2026-10-02 09:10:00,eur,7.00,0.30,6.70,charge,ch_3,pi_nobody_2\r\n"
-    "txn_4,2026-10-02 09:15:00,usd,9.99,0.40,9.59,charge,ch_4,pi_data_api_2\r\n"
-).encode()
+    b"balance_transaction_id,created_utc,currency,gross,fee,net,reporting_category,charge_id,payment_intent_id\r\n"
+    b"txn_1,2026-10-02 09:00:00,usd,12.50,0.66,11.84,charge,ch_1,pi_data_api_1\r\n"
+    b"txn_2,2026-10-02 09:05:00,usd,5.00,0.45,4.55,charge,ch_2,pi_nobody_1\r\n"
+    b"txn_3,2026-10-02 09:10:00,eur,7.00,0.30,6.70,charge,ch_3,pi_nobody_2\r\n"
+    b"txn_4,2026-10-02 09:15:00,usd,9.99,0.40,9.59,charge,ch_4,pi_data_api_2\r\n"
+)
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 import requests
 
-from conveyor.console.server import start_console
-from conveyor.local.database import libpq_url
+from conveyor_tools.local.console_server import start_console
+from conveyor_tools.local.database import libpq_url
 from conveyor.reconciliation import engine
 from conveyor.reconciliation.service import ReconciliationService, direct_connection
 from support import eventually, http_run

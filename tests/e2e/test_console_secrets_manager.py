@@ -14,8 +14,8 @@ import pytest
 import requests
 from sqlalchemy.engine import make_url
 
-from conveyor.console.server import ConsoleServer
-from conveyor.local.sqs import FAKE_CREDENTIALS, LOOPBACK, _MotoServerProcess, free_port
+from conveyor_tools.local.console_server import ConsoleServer
+from conveyor_tools.local.sqs import FAKE_CREDENTIALS, LOOPBACK, _MotoServerProcess, free_port
 from support import http_run
 
 pytestmark = pytest.mark.e2e

@@ -23,7 +23,7 @@ def free_port() -> int:
 def start_dev(folder: Path, api_port: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "AWS_"))}
     process = subprocess.Popen(
-        [sys.executable, "-m", "conveyor.cli", "dev", "--port", str(api_port), "--sqs-port", str(free_port()),
+        [sys.executable, "-m", "conveyor_tools.cli", "dev", "--port", str(api_port), "--sqs-port", str(free_port()),
          "--data-api-port", "0", "--console-port", str(free_port())],
         cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

@@ -1,7 +1,7 @@
 """The change-set flow's answers on a stack that fails or has nothing to change (a scripted CloudFormation)."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import pytest
 
@@ -36,7 +36,7 @@ class ScriptedCloudFormation:
         self.calls.append(("execute_change_set", request))
 
     def get_paginator(self, name):
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
 
         class Pages:
             def paginate(self, StackName):

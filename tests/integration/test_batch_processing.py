@@ -8,10 +8,10 @@ from collections import Counter
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.exc import DBAPIError
 from support import Shop
 
 from conveyor.adapters.order_store import OrderStore
+from conveyor.errors import PermanentError
 from conveyor.services.processing import BatchProcessor, QueueRecord
 
 logger = logging.getLogger("test-worker")
@@ -184,7 +184,7 @@ def test_the_audit_trail_is_append_only(shop, processor):
     processor.process([record])
 
     for statement in ("UPDATE order_events SET cause = 'edited'", "DELETE FROM order_events"):
-        with pytest.raises(DBAPIError, match="append-only"):
+        with pytest.raises(PermanentError, match="append-only"):
             shop.database.execute(statement)
     assert shop.events(order_id) == [(None, "CONFIRMED")]
 
@@ -306,7 +306,7 @@ def test_the_database_refuses_a_second_holder_of_a_payment(shop, processor):
     """The guard behind the plan: a writer that skipped the check is stopped by the unique index."""
     record, order_id = shop.place("k1", [("A-1", 1)], reference="pi_shared")
     processor.process([record])
-    with pytest.raises(DBAPIError, match="orders_payment_reference_held"):
+    with pytest.raises(PermanentError, match="orders_payment_reference_held"):
         shop.database.execute(
             "INSERT INTO orders (id, client_id, status, payment_provider, payment_reference)"
             " SELECT gen_random_uuid(), client_id, 'CONFIRMED', payment_provider, payment_reference"
@@ -347,7 +347,7 @@ def test_concurrent_batches_with_one_payment_confirm_one_order(shop, worker_data
         results: list = [None, None]
         errors: list[BaseException] = []
 
-        def work(side: int) -> None:
+        def work(side: int, barrier=barrier, records=records, results=results, errors=errors) -> None:
             try:
                 store = ReadThenWait(worker_database, barrier)
                 results[side] = BatchProcessor(store, logger).process([records[side][0]])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 
-from conveyor.chaos import MAX_RECEIVE_COUNT, ChaosRun, ChaosSettings, QueuedMessage, SimulatedQueue
+from conveyor_tools.chaos import MAX_RECEIVE_COUNT, ChaosRun, ChaosSettings, QueuedMessage, SimulatedQueue
 
 
 def test_every_invariant_holds_over_20000_messages(database_url):

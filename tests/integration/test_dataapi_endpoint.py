@@ -29,8 +29,8 @@ from sqlalchemy.engine import make_url
 
 from conveyor.adapters.database import Database
 from conveyor.dataapi.client import DataApiDatabase
-from conveyor.dataapi.server import LocalDataApi
-from conveyor.local.database import libpq_url
+from conveyor_tools.dataapi.server import LocalDataApi
+from conveyor_tools.local.database import libpq_url
 from support import eventually
 
 CLUSTER = "arn:aws:rds:us-east-1:123456789012:cluster:conveyor-local"
@@ -664,7 +664,7 @@ def test_conveyor_statements_on_both_paths_return_the_same_json(data_api_databas
 
 
 def test_the_cli_serves_until_ctrl_c(database_url, aws_environment, database_name):
-    command = [sys.executable, "-m", "conveyor.cli", "dataapi", "--port", "0", "--database-url", database_url,
+    command = [sys.executable, "-m", "conveyor_tools.cli", "dataapi", "--port", "0", "--database-url", database_url,
                "--latency-ms", "1"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "LOG_LEVEL": "WARNING"},
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

@@ -14,18 +14,17 @@ from typing import Any
 
 import psycopg
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from support import Shop
 
-from conveyor.adapters.database import is_transient, sqlstate_of
 from conveyor.adapters.order_store import OrderStore
 from conveyor.dataapi.client import DataApiDatabase, retry_budget
 from conveyor.dataapi.migrations import upgrade_through_data_api
-from conveyor.dataapi.server import LocalDataApi
-from conveyor.local.database import libpq_url
-from conveyor.local.event_source import LocalLambdaContext, SqsEventSourceMapping
-from conveyor.local.sqs import LocalSqs, sqs_client
+from conveyor.errors import PermanentError, TransientError
+from conveyor_tools.dataapi.server import LocalDataApi
+from conveyor_tools.local.database import libpq_url
+from conveyor_tools.local.event_source import LocalLambdaContext, SqsEventSourceMapping
+from conveyor_tools.local.sqs import LocalSqs, sqs_client
 from conveyor.services.processing import BatchProcessor, QueueRecord
 
 CLUSTER = "arn:aws:rds:us-east-1:123456789012:cluster:conveyor-local"
@@ -86,14 +85,14 @@ def test_sql_errors_are_recognised_by_sqlstate(shop, data_api):
     record, order_id = shop.place("k1", [("A-1", 1)])
     BatchProcessor(OrderStore(data_api), logger).process([record])
 
-    with pytest.raises(sa.exc.IntegrityError) as duplicate:
+    with pytest.raises(PermanentError) as duplicate:
         data_api.execute("INSERT INTO clients (id, name, api_key_hash) VALUES (CAST(:id AS uuid), :name, 'h')",
                          {"id": str(shop.client.id), "name": "another"})
-    with pytest.raises(sa.exc.DBAPIError, match="append-only") as append_only:
+    with pytest.raises(PermanentError, match="append-only") as append_only:
         data_api.execute("DELETE FROM order_events")
 
-    assert sqlstate_of(duplicate.value) == "23505" and not is_transient(duplicate.value)
-    assert sqlstate_of(append_only.value) == "42501"
+    assert duplicate.value.sqlstate == "23505" and not isinstance(duplicate.value, TransientError)
+    assert append_only.value.sqlstate == "42501"
     assert shop.events(order_id) == [(None, "CONFIRMED")]
 
 

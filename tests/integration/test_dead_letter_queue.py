@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from conveyor.adapters.dead_letter_queue import QueueError, SqsDeadLetterQueue
-from conveyor.local.sqs import LocalSqs, sqs_client
+from conveyor_tools.local.sqs import LocalSqs, sqs_client
 from conveyor.services import audit, dead_letters
 from conveyor.services.access import Actor, Forbidden, Role
 from conveyor.services.dead_letters import FailureLog
@@ -108,7 +108,7 @@ def test_the_cli_lists_and_redrives(client, sqs, database, database_url):
            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
 
     def conveyor(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "conveyor.cli", "dlq", *args], env=env, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "conveyor_tools.cli", "dlq", *args], env=env, capture_output=True,
                               text=True, timeout=60, stdin=subprocess.DEVNULL)
 
     listed = conveyor("list")
@@ -125,7 +125,7 @@ def test_the_cli_lists_and_redrives(client, sqs, database, database_url):
 
 def test_the_cli_creates_a_console_user_with_the_password_from_stdin(database, database_url):
     env = {**os.environ, "DATABASE_URL": database_url}
-    command = [sys.executable, "-m", "conveyor.cli", "console", "users", "create", "olga", "--role", "operator"]
+    command = [sys.executable, "-m", "conveyor_tools.cli", "console", "users", "create", "olga", "--role", "operator"]
     made = subprocess.run(command, env=env, input="a strong enough password\n", capture_output=True, text=True,
                           timeout=60)
     assert made.returncode == 0, made.stderr

@@ -18,8 +18,8 @@ from botocore.client import BaseClient
 
 from support import eventually
 
-from conveyor.local.event_source import EventSourceStats, LambdaHandler, LocalLambdaContext, SqsEventSourceMapping
-from conveyor.local.sqs import LocalSqs, sqs_client
+from conveyor_tools.local.event_source import EventSourceStats, LambdaHandler, LocalLambdaContext, SqsEventSourceMapping
+from conveyor_tools.local.sqs import LocalSqs, sqs_client
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_starting_twice_keeps_one_queue_and_one_dlq(queue_names: tuple[str, str]
         assert sqs.queue_arn == f"arn:aws:sqs:us-east-1:123456789012:{queue_name}"
 
     with pytest.raises(RuntimeError, match="not started"):
-        sqs.queue_url
+        sqs.queue_url  # noqa: B018 - the property refuses before start
 
 
 def test_handler_gets_an_event_shaped_like_lambdas_and_a_context(fast_sqs: LocalSqs, client: BaseClient) -> None:

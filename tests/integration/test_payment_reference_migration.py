@@ -7,7 +7,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from conveyor.local.database import libpq_url
+from conveyor_tools.local.database import libpq_url
 from conveyor.migrations_runner import upgrade
 
 

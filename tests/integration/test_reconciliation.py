@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy.engine import make_url
 from support import eventually
 
-from conveyor.adapters.database import Database, sqlstate_of
+from conveyor.adapters.database import Database
 from conveyor.dataapi.client import DataApiDatabase
-from conveyor.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
+from conveyor_tools.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
 from conveyor.reconciliation import engine, loading, sessions
 from conveyor.reconciliation.engine import CATEGORIES
 from conveyor.reconciliation.formats import SettlementReportError
@@ -319,7 +319,7 @@ def test_a_failure_after_every_write_leaves_nothing_applied_and_the_run_restarts
 
     with pytest.raises(Exception) as failed:
         reconcile(service, report)
-    assert sqlstate_of(failed.value) == "22012"  # division_by_zero
+    assert failed.value.sqlstate == "22012"  # division_by_zero
 
     assert orders.payment_status(order) is None
     failed = service.submit(open_source(str(report)))

@@ -28,8 +28,8 @@ from sqlalchemy.engine import make_url
 
 from conveyor.adapters.database import Database
 from conveyor.dataapi.client import DataApiDatabase
-from conveyor.local.database import libpq_url
-from conveyor.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
+from conveyor_tools.local.database import libpq_url
+from conveyor_tools.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
 from conveyor.reconciliation import engine
 from conveyor.reconciliation.jobs import ORPHAN_FAILURE_GRACE_SECONDS, BackgroundRuns, ShuttingDown
 from conveyor.reconciliation.service import (

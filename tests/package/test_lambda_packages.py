@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from support import Shop
 
 from conveyor.dataapi.client import DATABASE_VARIABLE, RESOURCE_ARN_VARIABLE, SECRET_ARN_VARIABLE
-from conveyor.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
+from conveyor_tools.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
 from conveyor_tools.deploy.run import package_offline
 from conveyor_tools.packaging import MAX_PACKAGE_BYTES, stage_lambda_runtime_libraries
 

@@ -58,7 +58,7 @@ def connect_arguments(url: str) -> dict:
 def test_nothing_configured_gives_no_database_and_the_console_says_what_to_set():
     assert database_settings() == DatabaseSettings()
     with pytest.raises(ConfigurationError, match="set DATABASE_URL, DATABASE_SECRET_ARN, or DATA_API_RESOURCE_ARN"):
-        Services(database_settings).runs
+        Services(database_settings).runs  # noqa: B018 - built on first access
 
 
 def test_database_url_wins_and_no_secret_is_read(monkeypatch):

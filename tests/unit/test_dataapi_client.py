@@ -6,11 +6,9 @@ from typing import Any
 
 import boto3
 import pytest
-import sqlalchemy as sa
 from botocore.exceptions import ClientError, ReadTimeoutError
 from botocore.stub import Stubber
 
-from conveyor.adapters.database import is_transient, sqlstate_of
 from conveyor.dataapi.client import (
     DataApiDatabase,
     DataApiRequestError,
@@ -18,6 +16,7 @@ from conveyor.dataapi.client import (
     RetryPolicy,
     retry_budget,
 )
+from conveyor.errors import PermanentError, RetryableConflict, TransientError
 
 CLUSTER = "arn:aws:rds:eu-west-1:123456789012:cluster:conveyor"
 SECRET = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:conveyor-db-AbCdEf"
@@ -101,7 +100,7 @@ def test_fetch_json_wants_exactly_one_row(stubbed):
     database, stubber = stubbed
     expect(stubber, {"records": []}, "SELECT 1")
 
-    with pytest.raises(sa.exc.NoResultFound):
+    with pytest.raises(PermanentError, match="expected one row with one column, got 0"):
         database.fetch_json("SELECT 1")
 
 
@@ -171,7 +170,7 @@ def test_retries_stop_at_the_budget_with_a_transient_error(clock):
     assert sum(clock.sleeps) <= 20.0
     assert 20.0 - sum(clock.sleeps) < RetryPolicy().max_delay  # it used the budget before giving up
     assert database.calls["ExecuteStatement"] == len(clock.sleeps) + 1
-    assert is_transient(raised.value)
+    assert isinstance(raised.value, TransientError)
 
 
 @pytest.mark.parametrize("remaining", [1.0, 30.0])
@@ -185,30 +184,29 @@ def test_a_lambdas_remaining_time_replaces_the_budget(clock, remaining):
     assert remaining - RetryPolicy().max_delay < sum(clock.sleeps) <= remaining
 
 
-def test_a_unique_violation_is_an_integrity_error_with_its_sqlstate_and_is_not_retried(stubbed):
+def test_a_unique_violation_is_permanent_with_its_sqlstate_and_is_not_retried(stubbed):
     database, stubber = stubbed
     fail(stubber, "DatabaseErrorException",
          'ERROR: duplicate key value violates unique constraint "clients_name_key"\n'
          "  Detail: Key (name)=(acme) already exists.; SQLState: 23505")
 
-    with pytest.raises(sa.exc.IntegrityError) as raised:
+    with pytest.raises(PermanentError) as raised:
         database.execute("INSERT INTO clients VALUES (:name)", {"name": "acme"})
 
-    assert sqlstate_of(raised.value) == "23505"
-    assert not is_transient(raised.value)
+    assert raised.value.sqlstate == "23505"
+    assert "duplicate key value" in str(raised.value)
     assert database.calls == {"ExecuteStatement": 1}
 
 
-def test_a_serialization_failure_is_transient_like_on_the_direct_path(stubbed):
+def test_a_serialization_failure_is_a_retryable_conflict_like_on_the_direct_path(stubbed):
     database, stubber = stubbed
     fail(stubber, "DatabaseErrorException",
          "ERROR: could not serialize access due to concurrent update; SQLState: 40001")
 
-    with pytest.raises(sa.exc.OperationalError) as raised:
+    with pytest.raises(RetryableConflict) as raised:
         database.execute("UPDATE catalog SET stock_available = 0")
 
-    assert sqlstate_of(raised.value) == "40001"
-    assert is_transient(raised.value)
+    assert (raised.value.sqlstate, raised.value.reason) == ("40001", "serialization failure")
     assert database.calls == {"ExecuteStatement": 1}
 
 
@@ -225,7 +223,7 @@ def test_refusals_that_no_retry_fixes_say_what_to_do(stubbed, code, hint):
     with pytest.raises(DataApiRequestError, match=hint) as raised:
         database.fetch_json("SELECT 1")
 
-    assert not is_transient(raised.value)
+    assert isinstance(raised.value, PermanentError) and not isinstance(raised.value, TransientError)
     assert database.calls == {"ExecuteStatement": 1}
 
 
@@ -241,7 +239,7 @@ def test_a_lost_answer_is_not_resent_because_the_statement_may_have_run(clock):
 
     assert database.calls == {"ExecuteStatement": 1}
     assert clock.sleeps == []
-    assert is_transient(raised.value)
+    assert isinstance(raised.value, TransientError)
 
 
 def test_configuration_comes_from_the_environment():

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from psycopg.postgres import types as pg_types
 
-from conveyor.dataapi.sql import compile_statement
-from conveyor.dataapi.values import (
+from conveyor_tools.dataapi.sql import compile_statement
+from conveyor_tools.dataapi.values import (
     ParameterError,
     ResultOptions,
     UnsupportedResult,

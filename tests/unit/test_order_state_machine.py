@@ -1,22 +1,20 @@
 """The order state machine under any sequence of deliveries: hypothesis drives places, cancels,
-redeliveries and reorderings through plan_batch, applied to a model of what APPLY_BATCH_PLAN does.
-Orders draw their payment reference from a few, so clients retry with a payment already used."""
+redeliveries and reorderings through plan_batch, applied to the in-memory model of what
+APPLY_BATCH_PLAN does (tests/fakes.py, the one the worker's unit tests use). Orders draw their payment reference from a few, so clients retry with a payment already used."""
 from __future__ import annotations
 
 import uuid
-from collections import Counter
 from datetime import UTC, datetime
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from fakes import FILLED_PLACEHOLDER, InMemoryOrderStore
 
 from conveyor.domain.orders import (
     ALLOWED_TRANSITIONS,
     HOLDS_PAYMENT_REFERENCE,
     CancelOrder,
-    CatalogItem,
-    KnownOrder,
     Line,
     OrderStatus,
     Payment,
@@ -28,18 +26,13 @@ from conveyor.domain.orders import (
 CLIENT = uuid.UUID("00000000-0000-4000-8000-0000000000c1")
 PRICES = {"A": 100, "B": 250}
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
-# A cancel's placeholder filled in by its order: recorded, but not a change of status.
-FILLED_PLACEHOLDER = (OrderStatus.CANCELLED, OrderStatus.CANCELLED)
 
 
 class OrderLifecycle(RuleBasedStateMachine):
     @initialize(stock=st.fixed_dictionaries({"A": st.integers(0, 12), "B": st.integers(0, 12)}))
     def open_shop(self, stock):
         self.initial = dict(stock)
-        self.available = dict(stock)
-        self.reserved = Counter()
-        self.orders: dict[uuid.UUID, dict] = {}  # what the orders table holds
-        self.events: list[tuple] = []
+        self.store = InMemoryOrderStore(prices=PRICES, stock=stock)
         self.sent: list[PlaceOrder | CancelOrder] = []  # every message the API sent, redeliverable
         self.cancel_applied: set[uuid.UUID] = set()
         self.keys = 0
@@ -73,71 +66,38 @@ class OrderLifecycle(RuleBasedStateMachine):
         if not self.sent:
             return
         batch = data.draw(st.lists(st.sampled_from(self.sent), min_size=1, max_size=10))
-        catalog = {sku: CatalogItem(sku, "USD", price, self.available[sku]) for sku, price in PRICES.items()}
-        known = {order_id: KnownOrder(order_id, CLIENT, row["status"], row["fingerprint"])
-                 for order_id, row in self.orders.items()}
-        holders = {row["payment"]: order_id for order_id, row in self.orders.items()
-                   if row["status"] in HOLDS_PAYMENT_REFERENCE and row["payment"] is not None}
-        self._apply(plan_batch(batch, catalog, known, holders))
-
-    def _apply(self, plan):
-        """What APPLY_BATCH_PLAN does with a plan; effects follow only from rows it changed."""
-        placed = {p.command.order_id for p in plan.placements}
-        assert not placed & {c.command.order_id for c in plan.cancellations}, "one statement would write a row twice"
-        for placement in plan.placements:
-            order_id = placement.command.order_id
-            row = self.orders.get(order_id)
-            if row is None:
-                self.orders[order_id] = {"status": placement.status, "fingerprint": placement.command.fingerprint,
-                                         "reservation": placement.reservation,
-                                         "payment": placement.command.payment.key}
-                self.events.append((order_id, None, placement.status))
-                for sku, quantity in placement.reservation.items():
-                    self.available[sku] -= quantity
-                    self.reserved[sku] += quantity
-            elif row["fingerprint"] is None:
-                row["fingerprint"] = placement.command.fingerprint
-                row["payment"] = placement.command.payment.key
-                self.events.append((order_id, *FILLED_PLACEHOLDER))
-        for cancellation in plan.cancellations:
-            order_id = cancellation.command.order_id
-            self.cancel_applied.add(order_id)
-            row = self.orders.get(order_id)
-            if row is None:
-                self.orders[order_id] = {"status": OrderStatus.CANCELLED, "fingerprint": None, "reservation": {},
-                                         "payment": None}
-                self.events.append((order_id, None, OrderStatus.CANCELLED))
-            elif row["status"] is OrderStatus.CONFIRMED:
-                row["status"] = OrderStatus.CANCELLED
-                self.events.append((order_id, OrderStatus.CONFIRMED, OrderStatus.CANCELLED))
-                for sku, quantity in row["reservation"].items():
-                    self.available[sku] += quantity
-                    self.reserved[sku] -= quantity
+        places = [c for c in batch if isinstance(c, PlaceOrder)]
+        catalog, known, holders = self.store.read_batch_state(
+            [c.order_id for c in batch], [line.sku for c in places for line in c.lines], [c.payment.key for c in places])
+        plan = plan_batch(batch, catalog, known, holders)
+        self.store.apply(plan)  # one worker: nothing races it, so neither constraint fires
+        self.cancel_applied |= {c.command.order_id for c in plan.cancellations}
 
     @invariant()
     def stock_is_never_oversold_and_is_conserved(self):
+        store = self.store
         for sku in PRICES:
-            assert self.available[sku] >= 0
-            assert self.available[sku] + self.reserved[sku] == self.initial[sku]
-            held = sum(row["reservation"].get(sku, 0) for row in self.orders.values()
+            assert store.available[sku] >= 0
+            assert store.available[sku] + store.reserved[sku] == self.initial[sku]
+            held = sum(row["reservation"].get(sku, 0) for row in store.orders.values()
                        if row["status"] is OrderStatus.CONFIRMED)
-            assert self.reserved[sku] == held
+            assert store.reserved[sku] == held
 
     @invariant()
     def every_transition_is_allowed_and_recorded_once(self):
-        for _, before, after in self.events:
+        for _, before, after in self.store.events:
             assert (before, after) in ALLOWED_TRANSITIONS or (before, after) == FILLED_PLACEHOLDER
-        assert len(self.events) == len(set(self.events))
+        assert len(self.store.events) == len(set(self.store.events))
 
     @invariant()
     def a_payment_reference_is_held_by_one_order_at_most(self):
-        held = [row["payment"] for row in self.orders.values() if row["status"] in HOLDS_PAYMENT_REFERENCE]
+        held = [row.get("payment") for row in self.store.orders.values() if row["status"] in HOLDS_PAYMENT_REFERENCE]
         assert len(held) == len(set(held))
 
     @invariant()
     def no_order_is_confirmed_after_its_cancel(self):
         for order_id in self.cancel_applied:
-            assert self.orders[order_id]["status"] is not OrderStatus.CONFIRMED
+            assert self.store.orders[order_id]["status"] is not OrderStatus.CONFIRMED
 
 
 OrderLifecycle.TestCase.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)

@@ -1,20 +1,21 @@
-"""OrderService and Authenticator against in-memory fakes of the store and the queue."""
+"""OrderService and Authenticator against in-memory fakes of the store and the queue, with the API's
+request parsing (conveyor.api_requests) in front of the service as api/app.py has it."""
 from __future__ import annotations
 
 import base64
 import json
 import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from fakes import InMemoryOrderStore, InMemoryQueue
 
+from conveyor import api_requests
+from conveyor.api_requests import DEFAULT_PAGE, MAX_IDEMPOTENCY_KEY
 from conveyor.domain.orders import order_id_for, request_fingerprint
-from conveyor.schemas import InvalidRequest, PlaceOrderMessage, CancelOrderMessage, QueueMessage
+from conveyor.schemas import CancelOrderMessage, InvalidRequest, PlaceOrderMessage, QueueMessage
 from conveyor.services.ordering import (
-    DEFAULT_PAGE,
-    MAX_IDEMPOTENCY_KEY,
     Authenticator,
     Client,
     Conflict,
@@ -39,74 +40,39 @@ def raw(document: dict[str, Any] = BODY) -> bytes:
     return json.dumps(document).encode()
 
 
-@dataclass
-class FakeStore:
-    """Holds order rows; every lookup filters by client like the SQL does."""
+class Api:
+    """What api/app.py's routes do between a request and its answer, without Chalice."""
 
-    rows: dict[uuid.UUID, dict[str, Any]] = field(default_factory=dict)
-    clients: dict[str, dict[str, str]] = field(default_factory=dict)
-    client_lookups: int = 0
-    list_calls: list[dict[str, Any]] = field(default_factory=list)
+    def __init__(self, service: OrderService):
+        self.service = service
 
-    def add(self, client: Client, order_id: uuid.UUID, status: str, fingerprint: str | None,
-            created_at: datetime = NOW) -> None:
-        self.rows[order_id] = {"client_id": client.id, "order_id": str(order_id), "status": status,
-                               "fingerprint": fingerprint, "created_at": created_at.isoformat()}
+    def place_order(self, client: Client, key: str | None, body: bytes | None, correlation_id: str) -> dict:
+        return self.service.place_order(client, api_requests.new_order(key, body), correlation_id)
 
-    def _row(self, client_id: uuid.UUID, order_id: uuid.UUID) -> dict[str, Any] | None:
-        row = self.rows.get(order_id)
-        return row if row is not None and row["client_id"] == client_id else None
+    def request_cancel(self, client: Client, order_id: str, correlation_id: str) -> dict:
+        return self.service.request_cancel(client, api_requests.order_id(order_id), correlation_id)
 
-    def get_order_summary(self, client_id: uuid.UUID, order_id: uuid.UUID) -> dict[str, Any] | None:
-        row = self._row(client_id, order_id)
-        return None if row is None else {"status": row["status"], "fingerprint": row["fingerprint"]}
+    def get_order(self, client: Client, order_id: str) -> dict:
+        return self.service.get_order(client, api_requests.order_id(order_id))
 
-    def get_order(self, client_id: uuid.UUID, order_id: uuid.UUID) -> dict[str, Any] | None:
-        row = self._row(client_id, order_id)
-        return None if row is None else {"order_id": row["order_id"], "status": row["status"],
-                                         "created_at": row["created_at"]}
-
-    def list_orders(self, client_id: uuid.UUID, *, status: str | None, limit: int,
-                    after: tuple[str, str] | None) -> list[dict[str, Any]]:
-        self.list_calls.append({"status": status, "limit": limit, "after": after})
-        key = lambda row: (datetime.fromisoformat(row["created_at"]), uuid.UUID(row["order_id"]))  # noqa: E731
-        rows = [r for r in self.rows.values() if r["client_id"] == client_id
-                and (status is None or r["status"] == status)]
-        if after is not None:
-            bound = (datetime.fromisoformat(after[0]), uuid.UUID(after[1]))
-            rows = [r for r in rows if key(r) < bound]
-        rows.sort(key=key, reverse=True)
-        return [{"order_id": r["order_id"], "status": r["status"], "created_at": r["created_at"]}
-                for r in rows[:limit]]
-
-    def find_client(self, key_hash: str) -> dict[str, str] | None:
-        self.client_lookups += 1
-        return self.clients.get(key_hash)
-
-
-@dataclass
-class FakeQueue:
-    sent: list[tuple[dict[str, Any], str]] = field(default_factory=list)
-
-    def send(self, message: dict[str, Any], correlation_id: str) -> str:
-        json.dumps(message)  # the real queue serialises it
-        self.sent.append((message, correlation_id))
-        return f"msg-{len(self.sent)}"
+    def list_orders(self, client: Client, status: str | None, limit: str | None, cursor: str | None) -> dict:
+        page = self.service.list_orders(client, api_requests.orders_query(status, limit, cursor))
+        return {"orders": page.orders, "next_cursor": api_requests.encode_cursor(page.next_after)}
 
 
 @pytest.fixture
-def store() -> FakeStore:
-    return FakeStore()
+def store() -> InMemoryOrderStore:
+    return InMemoryOrderStore()
 
 
 @pytest.fixture
-def queue() -> FakeQueue:
-    return FakeQueue()
+def queue() -> InMemoryQueue:
+    return InMemoryQueue()
 
 
 @pytest.fixture
-def service(store: FakeStore, queue: FakeQueue) -> OrderService:
-    return OrderService(store, queue, now=lambda: NOW)  # type: ignore[arg-type]
+def service(store: InMemoryOrderStore, queue: InMemoryQueue) -> Api:
+    return Api(OrderService(store, queue, now=lambda: NOW))
 
 
 # --- place_order --------------------------------------------------------------------------
@@ -166,7 +132,7 @@ def test_an_invalid_body_is_refused_without_queueing(service, queue):
 
 def test_a_retry_of_a_known_order_returns_the_same_id_without_sending(service, store, queue):
     first = service.place_order(ALICE, "key-1", raw(), "c1")
-    store.add(ALICE, uuid.UUID(first["order_id"]), "CONFIRMED", queue.sent[0][0]["fingerprint"])
+    store.add(ALICE.id, uuid.UUID(first["order_id"]), "CONFIRMED", queue.sent[0][0]["fingerprint"])
     again = service.place_order(ALICE, "key-1", raw(), "c2")
     assert again == {"order_id": first["order_id"], "status": "CONFIRMED"}
     assert len(queue.sent) == 1
@@ -182,7 +148,7 @@ def test_a_retry_before_the_worker_ran_is_queued_again_with_the_same_id(service,
 
 def test_the_same_key_with_a_different_body_is_a_conflict(service, store, queue):
     first = service.place_order(ALICE, "key-1", raw(), "c1")
-    store.add(ALICE, uuid.UUID(first["order_id"]), "CONFIRMED", queue.sent[0][0]["fingerprint"])
+    store.add(ALICE.id, uuid.UUID(first["order_id"]), "CONFIRMED", queue.sent[0][0]["fingerprint"])
     changed = {**BODY, "payment": {**BODY["payment"], "amount": 999}}
     with pytest.raises(Conflict, match="key-1"):
         service.place_order(ALICE, "key-1", raw(changed), "c2")
@@ -191,7 +157,7 @@ def test_the_same_key_with_a_different_body_is_a_conflict(service, store, queue)
 
 def test_the_same_key_used_by_another_client_is_a_different_order(service, store, queue):
     alice = service.place_order(ALICE, "key-1", raw(), "c1")
-    store.add(ALICE, uuid.UUID(alice["order_id"]), "CONFIRMED", "some-other-fingerprint")
+    store.add(ALICE.id, uuid.UUID(alice["order_id"]), "CONFIRMED", "some-other-fingerprint")
     bob = service.place_order(BOB, "key-1", raw(), "c2")
     assert bob["order_id"] != alice["order_id"]
     assert bob["status"] == "PENDING"
@@ -200,7 +166,7 @@ def test_the_same_key_used_by_another_client_is_a_different_order(service, store
 
 def test_an_order_behind_a_cancel_placeholder_is_still_queued(service, store, queue):
     order_id = order_id_for(ALICE.id, "key-1")
-    store.add(ALICE, order_id, "CANCELLED", None)
+    store.add(ALICE.id, order_id, "CANCELLED", None)
     answer = service.place_order(ALICE, "key-1", raw(), "c1")
     assert answer == {"order_id": str(order_id), "status": "PENDING"}
     assert len(queue.sent) == 1
@@ -211,7 +177,7 @@ def test_an_order_behind_a_cancel_placeholder_is_still_queued(service, store, qu
 
 def test_cancel_of_a_rejected_order_is_a_conflict(service, store, queue):
     order_id = order_id_for(ALICE.id, "key-1")
-    store.add(ALICE, order_id, "REJECTED", "fp")
+    store.add(ALICE.id, order_id, "REJECTED", "fp")
     with pytest.raises(Conflict):
         service.request_cancel(ALICE, str(order_id), "c")
     assert queue.sent == []
@@ -219,14 +185,14 @@ def test_cancel_of_a_rejected_order_is_a_conflict(service, store, queue):
 
 def test_cancel_of_a_cancelled_order_sends_nothing(service, store, queue):
     order_id = order_id_for(ALICE.id, "key-1")
-    store.add(ALICE, order_id, "CANCELLED", "fp")
+    store.add(ALICE.id, order_id, "CANCELLED", "fp")
     assert service.request_cancel(ALICE, str(order_id), "c") == {"order_id": str(order_id), "status": "CANCELLED"}
     assert queue.sent == []
 
 
 def test_cancel_of_a_confirmed_order_is_queued(service, store, queue):
     order_id = order_id_for(ALICE.id, "key-1")
-    store.add(ALICE, order_id, "CONFIRMED", "fp")
+    store.add(ALICE.id, order_id, "CONFIRMED", "fp")
     answer = service.request_cancel(ALICE, str(order_id), "corr-9")
     assert answer == {"order_id": str(order_id), "status": "CONFIRMED", "cancellation": "queued"}
     [(message, correlation_id)] = queue.sent
@@ -260,13 +226,13 @@ def test_cancel_with_a_malformed_order_id_is_not_found(service, queue):
 
 def test_get_order_returns_the_clients_own_order(service, store):
     order_id = order_id_for(ALICE.id, "key-1")
-    store.add(ALICE, order_id, "CONFIRMED", "fp")
+    store.add(ALICE.id, order_id, "CONFIRMED", "fp")
     assert service.get_order(ALICE, str(order_id))["status"] == "CONFIRMED"
 
 
 def test_get_order_of_another_clients_order_is_not_found(service, store):
     order_id = order_id_for(ALICE.id, "key-1")
-    store.add(ALICE, order_id, "CONFIRMED", "fp")
+    store.add(ALICE.id, order_id, "CONFIRMED", "fp")
     with pytest.raises(NotFound):
         service.get_order(BOB, str(order_id))
 
@@ -280,12 +246,12 @@ def test_get_order_of_a_missing_or_malformed_id_is_not_found(service, order_id):
 # --- list_orders --------------------------------------------------------------------------
 
 
-def _fill(store: FakeStore, client: Client, count: int, status: str = "CONFIRMED") -> list[str]:
+def _fill(store: InMemoryOrderStore, client: Client, count: int, status: str = "CONFIRMED") -> list[str]:
     ids = []
     for number in range(count):
         order_id = order_id_for(client.id, f"{status}-{number}")
         # two orders share each timestamp, so the id must break ties
-        store.add(client, order_id, status, "fp", created_at=NOW + timedelta(seconds=number // 2))
+        store.add(client.id, order_id, status, "fp", created_at=NOW + timedelta(seconds=number // 2))
         ids.append(str(order_id))
     return ids
 
@@ -306,7 +272,7 @@ def test_list_orders_pages_through_everything_exactly_once(service, store):
     assert pages == 3
     assert sorted(seen) == sorted(mine)
     assert len(seen) == len(set(seen))
-    created = [datetime.fromisoformat(store.rows[uuid.UUID(i)]["created_at"]) for i in seen]
+    created = [store.orders[uuid.UUID(i)]["created_at"] for i in seen]
     assert created == sorted(created, reverse=True)
 
 
@@ -386,7 +352,7 @@ class Clock:
 def test_authenticator_caches_hits_for_the_ttl(store):
     store.clients[hash_api_key("secret")] = {"id": str(ALICE.id), "name": "alice"}
     clock = Clock()
-    auth = Authenticator(store, ttl_seconds=60, clock=clock)  # type: ignore[arg-type]
+    auth = Authenticator(store, ttl_seconds=60, clock=clock)
     assert auth.client_for("secret") == ALICE
     clock.now += 59.9
     assert auth.client_for("secret") == ALICE
@@ -403,7 +369,7 @@ def test_a_revoked_key_stops_working_after_the_ttl(store):
     key_hash = hash_api_key("secret")
     store.clients[key_hash] = {"id": str(ALICE.id), "name": "alice"}
     clock = Clock()
-    auth = Authenticator(store, ttl_seconds=60, clock=clock)  # type: ignore[arg-type]
+    auth = Authenticator(store, ttl_seconds=60, clock=clock)
     auth.client_for("secret")
     del store.clients[key_hash]
     clock.now += 61
@@ -414,13 +380,13 @@ def test_a_revoked_key_stops_working_after_the_ttl(store):
 @pytest.mark.parametrize("key", [None, ""])
 def test_a_missing_key_is_unauthorized_without_a_lookup(store, key):
     with pytest.raises(Unauthorized, match="missing"):
-        Authenticator(store).client_for(key)  # type: ignore[arg-type]
+        Authenticator(store).client_for(key)
     assert store.client_lookups == 0
 
 
 def test_an_unknown_key_is_unauthorized_and_not_cached(store):
     clock = Clock()
-    auth = Authenticator(store, clock=clock)  # type: ignore[arg-type]
+    auth = Authenticator(store, clock=clock)
     with pytest.raises(Unauthorized, match="unknown"):
         auth.client_for("nope")
     # a client created a moment later can use its key at once

@@ -1,27 +1,17 @@
 """BatchProcessor against a fake store, and the catalog CSV reader."""
 from __future__ import annotations
 
-import contextlib
-
 import json
 import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-from sqlalchemy.exc import DBAPIError
+from fakes import InMemoryOrderStore
 
-from conveyor.domain.orders import (
-    HOLDS_PAYMENT_REFERENCE,
-    BatchPlan,
-    CatalogItem,
-    KnownOrder,
-    OrderStatus,
-    order_id_for,
-    request_fingerprint,
-)
+from conveyor.domain.orders import BatchPlan, OrderStatus, order_id_for, request_fingerprint
+from conveyor.errors import TransientError, database_error
 from conveyor.services.admin import AdminError, read_catalog_csv
 from conveyor.services.processing import MAX_ATTEMPTS, BatchProcessor, QueueRecord, parse_command
 
@@ -29,17 +19,9 @@ CLIENT = uuid.UUID("00000000-0000-4000-8000-0000000000c1")
 ACCEPTED = datetime(2025, 5, 6, 7, 8, 9, tzinfo=UTC).isoformat()
 
 
-class PgError(Exception):
-    """Stands in for a driver error: psycopg exposes the SQLSTATE as `sqlstate`."""
-
-    def __init__(self, sqlstate: str, message: str = "driver error"):
-        super().__init__(message)
-        self.sqlstate = sqlstate
-
-
-def db_error(sqlstate: str, *, connection_invalidated: bool = False, message: str = "driver error") -> DBAPIError:
-    return DBAPIError("SELECT apply_batch_plan", {}, PgError(sqlstate, message),
-                      connection_invalidated=connection_invalidated)
+def db_error(sqlstate: str) -> Exception:
+    """What either database adapter raises for a statement PostgreSQL refused with `sqlstate`."""
+    return database_error(f"refused with SQLSTATE {sqlstate}", sqlstate)
 
 
 def place_body(key: str, lines: list[tuple[str, int]], amount: int, reference: str | None = None,
@@ -74,50 +56,6 @@ def record(message_id: str, body: str) -> QueueRecord:
     return QueueRecord(message_id=message_id, body=body, correlation_id=f"corr-{message_id}")
 
 
-@dataclass
-class FakeStore:
-    """Applies plans to dicts the way the SQL does, so a fresh read sees what was written."""
-
-    stock: dict[str, int] = field(default_factory=lambda: {"APPLE": 10, "PEAR": 3})
-    prices: dict[str, int] = field(default_factory=lambda: {"APPLE": 100, "PEAR": 250})
-    known: dict[uuid.UUID, KnownOrder] = field(default_factory=dict)
-    payments: dict[uuid.UUID, tuple[str, str]] = field(default_factory=dict)  # order id -> (provider, reference)
-    reads: list[tuple[list[uuid.UUID], list[str]]] = field(default_factory=list)
-    applied: list[BatchPlan] = field(default_factory=list)
-    attempted: list[BatchPlan] = field(default_factory=list)
-    # called with each plan before it is applied; may raise to fail the statement
-    before_apply: Callable[[BatchPlan], None] = lambda plan: None
-    read_error: BaseException | None = None
-
-    def pinned(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
-
-    def read_batch_state(self, order_ids, skus, payments):
-        self.reads.append((list(order_ids), list(skus)))
-        if self.read_error is not None:
-            raise self.read_error
-        catalog = {s: CatalogItem(s, "USD", self.prices[s], self.stock[s]) for s in set(skus) if s in self.stock}
-        holders = {key: i for i, key in self.payments.items()
-                   if key in payments and self.known[i].status in HOLDS_PAYMENT_REFERENCE}
-        return catalog, {i: self.known[i] for i in order_ids if i in self.known}, holders
-
-    def apply(self, plan: BatchPlan) -> dict[str, int]:
-        self.attempted.append(plan)
-        self.before_apply(plan)
-        for placement in plan.placements:
-            c = placement.command
-            self.known[c.order_id] = KnownOrder(c.order_id, c.client_id, placement.status, c.fingerprint)
-            self.payments[c.order_id] = c.payment.key
-            for sku, quantity in placement.reservation.items():
-                self.stock[sku] -= quantity
-                assert self.stock[sku] >= 0, "the stock constraint would have fired"
-        for cancellation in plan.cancellations:
-            c = cancellation.command
-            self.known[c.order_id] = KnownOrder(c.order_id, c.client_id, OrderStatus.CANCELLED, None)
-        self.applied.append(plan)
-        return {"placed": len(plan.placements)}
-
-
 class Logger:
     def __init__(self) -> None:
         self.records: list[tuple[str, str, dict[str, Any]]] = []
@@ -139,8 +77,8 @@ class Logger:
 
 
 @pytest.fixture
-def store() -> FakeStore:
-    return FakeStore()
+def store() -> InMemoryOrderStore:
+    return InMemoryOrderStore(prices={"APPLE": 100, "PEAR": 250}, stock={"APPLE": 10, "PEAR": 3})
 
 
 @pytest.fixture
@@ -155,7 +93,7 @@ def sleeps() -> list[float]:
 
 @pytest.fixture
 def processor(store, logger, sleeps) -> BatchProcessor:
-    return BatchProcessor(store, logger, sleep=sleeps.append)  # type: ignore[arg-type]
+    return BatchProcessor(store, logger, sleep=sleeps.append)
 
 
 def test_a_clean_batch_is_applied_in_one_write(processor, store):
@@ -168,7 +106,7 @@ def test_a_clean_batch_is_applied_in_one_write(processor, store):
     assert result.outcomes == {"cancelled": 2, "confirmed": 1}  # k1 placed and cancelled in one batch
     assert result.attempts == 1
     assert len(store.reads) == 1 and len(store.applied) == 1
-    assert store.stock == {"APPLE": 9, "PEAR": 2}
+    assert store.available == {"APPLE": 9, "PEAR": 2}
 
 
 def test_bad_messages_fail_alone_while_the_rest_is_applied(processor, store, logger):
@@ -216,7 +154,7 @@ def test_a_deadlock_is_retried_with_a_fresh_read(processor, store, sleeps, logge
 
     def concurrent_worker_then_deadlock(plan: BatchPlan) -> None:
         if failures:
-            store.stock["PEAR"] = 1  # another worker took PEAR meanwhile
+            store.available["PEAR"] = 1  # another worker took PEAR meanwhile
             raise failures.pop()
 
     store.before_apply = concurrent_worker_then_deadlock
@@ -252,31 +190,6 @@ def test_other_retryable_states_are_retried(processor, store, sqlstate):
     assert len(store.applied) == 1 and len(store.attempted) == 2
 
 
-def test_a_payment_reference_taken_by_a_concurrent_batch_is_decided_again_and_rejected(processor, store, logger):
-    rival = order_id_for(CLIENT, "rival")
-
-    def concurrent_batch_took_the_reference(plan: BatchPlan) -> None:
-        if rival not in store.known:
-            store.known[rival] = KnownOrder(rival, CLIENT, OrderStatus.CONFIRMED, "fp-rival")
-            store.payments[rival] = ("stripe", "pi_shared")
-            raise db_error("23505", message='duplicate key value violates unique constraint'
-                                            ' "orders_payment_reference_held"')
-
-    store.before_apply = concurrent_batch_took_the_reference
-    result = processor.process([
-        record("m1", place_body("k1", [("APPLE", 1)], 100, reference="pi_shared")),
-        record("m2", place_body("k2", [("APPLE", 1)], 100)),
-    ])
-    assert result.failed_message_ids == []
-    assert result.outcomes == {"rejected": 1, "confirmed": 1}
-    first, second = store.attempted
-    assert first.placements[0].status is OrderStatus.CONFIRMED
-    assert (second.placements[0].status, second.placements[0].rejection_reason) == (
-        OrderStatus.REJECTED, "payment reference already used by another order: stripe pi_shared")
-    assert [e["reason"] for lvl, m, e in logger.records if m == "retrying batch"] == [
-        "payment reference taken by a concurrent worker"]
-
-
 def test_a_persistent_deadlock_gives_up_and_fails_the_whole_batch(processor, store, sleeps):
     def always(plan):
         raise db_error("40P01")
@@ -310,9 +223,9 @@ def test_a_non_retryable_error_falls_back_to_one_by_one(processor, store, logger
     assert result.failed_message_ids == ["bad"]
     assert result.outcomes == {"confirmed": 2, "failed": 1}
     assert [len(p.placements) for p in store.applied] == [1, 1]
-    assert store.stock == {"APPLE": 9, "PEAR": 0}
+    assert store.available == {"APPLE": 9, "PEAR": 0}
     assert logger.messages("warning") == ["batch failed; applying its messages one by one"]
-    assert poison not in store.known
+    assert poison not in store.orders
 
 
 def test_a_non_retryable_error_of_a_single_message_fails_it_without_fallback(processor, store, logger):
@@ -326,9 +239,9 @@ def test_a_non_retryable_error_of_a_single_message_fails_it_without_fallback(pro
     assert logger.messages("warning") == []
 
 
-def test_an_invalidated_connection_fails_the_whole_batch_without_fallback(processor, store, logger):
+def test_a_lost_connection_fails_the_whole_batch_without_fallback(processor, store, logger):
     def drop(plan):
-        raise db_error("08006", connection_invalidated=True)
+        raise db_error("08006")
 
     store.before_apply = drop
     result = processor.process([
@@ -341,7 +254,7 @@ def test_an_invalidated_connection_fails_the_whole_batch_without_fallback(proces
 
 
 def test_a_connection_error_fails_every_message(processor, store, logger):
-    store.read_error = ConnectionRefusedError("connection refused")
+    store.read_error = TransientError("the database is unreachable: connection refused")
     result = processor.process([
         record("m1", place_body("k1", [("APPLE", 1)], 100)),
         record("junk", "nope"),
@@ -358,7 +271,7 @@ def test_a_redelivered_batch_is_idempotent(processor, store):
     records = [record("m1", place_body("k1", [("APPLE", 4)], 400))]
     assert processor.process(records).outcomes == {"confirmed": 1}
     assert processor.process(records).outcomes == {"duplicate": 1}
-    assert store.stock["APPLE"] == 6
+    assert store.available["APPLE"] == 6
     assert len(store.applied) == 1  # the duplicate planned no write
 
 
@@ -434,3 +347,27 @@ def test_catalog_reports_every_bad_line(tmp_path):
         read_catalog_csv(path)
     lines = str(info.value).splitlines()
     assert [line.split(": ", 1)[0] for line in lines] == [f"{path}:2", f"{path}:3"]
+
+
+def test_a_payment_reference_taken_by_a_concurrent_batch_is_decided_again_and_rejected(processor, store, logger):
+    rival = order_id_for(CLIENT, "rival")
+
+    def concurrent_batch_took_the_reference(plan: BatchPlan) -> None:
+        if rival not in store.orders:
+            store.add(CLIENT, rival, "CONFIRMED", "fp-rival")
+            store.orders[rival]["payment"] = ("stripe", "pi_shared")
+
+    store.before_apply = concurrent_batch_took_the_reference
+    result = processor.process([
+        record("m1", place_body("k1", [("APPLE", 1)], 100, reference="pi_shared")),
+        record("m2", place_body("k2", [("APPLE", 1)], 100)),
+    ])
+
+    assert result.failed_message_ids == []
+    assert result.outcomes == {"rejected": 1, "confirmed": 1}
+    first, second = store.attempted
+    assert first.placements[0].status is OrderStatus.CONFIRMED
+    assert (second.placements[0].status, second.placements[0].rejection_reason) == (
+        OrderStatus.REJECTED, "payment reference already used by another order: stripe pi_shared")
+    assert [e["reason"] for lvl, m, e in logger.records if m == "retrying batch"] == [
+        "payment reference taken by a concurrent worker"]

@@ -18,7 +18,7 @@ from conveyor.schemas import (
     field_path,
     parse_order_request,
 )
-from conveyor.services.ordering import MAX_IDEMPOTENCY_KEY, MAX_PAGE
+from conveyor.api_requests import MAX_IDEMPOTENCY_KEY, MAX_PAGE
 
 VALID: dict[str, Any] = {
     "currency": "USD",

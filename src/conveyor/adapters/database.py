@@ -1,16 +1,15 @@
-"""Database engines and the errors the services react to.
+"""A direct PostgreSQL connection (SQLAlchemy over psycopg): the console's, the CLI's and the local stack's.
 
 Every statement Conveyor runs passes only strings, integers, booleans and NULLs
 as parameters and casts them in SQL (``CAST(:x AS jsonb)``), and returns JSON
 text for anything richer. That keeps results identical whether the statement
 travels over a direct PostgreSQL connection or the RDS Data API, whose driver
-mistypes UUIDs, dicts and time zones.
+mistypes UUIDs, dicts and time zones. Driver errors leave as `conveyor.errors`' errors.
 """
 from __future__ import annotations
 
 import functools
 import json
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -20,13 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-# SQLSTATEs that mean "run the same work again": nothing was applied.
-RETRYABLE_SQLSTATES = {
-    "40001": "serialization failure",
-    "40P01": "deadlock",
-    "23514": "stock constraint raced by a concurrent worker",
-}
-_SQLSTATE_IN_MESSAGE = re.compile(r"SQLState:\s*([0-9A-Z]{5})")
+from conveyor.errors import PermanentError, TransientError, database_error
 
 
 def sqlalchemy_url(database_url: str) -> str:
@@ -70,25 +63,28 @@ def _ping_when_idle(engine: Engine) -> None:
     sa.event.listen(engine, "checkout", ping_if_idle)
 
 
-def is_transient(error: BaseException) -> bool:
-    """Whether the same work may succeed later: the database was unreachable, restarting or raced."""
-    if isinstance(error, (sa.exc.OperationalError, sa.exc.InterfaceError, OSError)):
-        return True
-    if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
-        return True
-    state = sqlstate_of(error) or ""
-    # 08: connection exception; 57P0x: server shutting down or not yet accepting connections.
-    return state in RETRYABLE_SQLSTATES or state.startswith(("08", "57P0"))
-
-
 def sqlstate_of(error: BaseException) -> str | None:
-    """The SQLSTATE behind a DBAPI error, from the driver or from the Data API's message."""
+    """The SQLSTATE behind a driver error."""
     original = getattr(error, "orig", error)
-    code = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
-    if code:
-        return code
-    match = _SQLSTATE_IN_MESSAGE.search(str(original))
-    return match.group(1) if match else None
+    return getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+
+
+@contextmanager
+def neutral_errors() -> Iterator[None]:
+    """Driver errors as the project's own: transient, a retryable conflict, or permanent."""
+    try:
+        yield
+    except sa.exc.DBAPIError as error:
+        state = sqlstate_of(error)
+        message = str(getattr(error, "orig", error))[:1000]
+        if error.connection_invalidated or (
+                state is None and isinstance(error, (sa.exc.OperationalError, sa.exc.InterfaceError))):
+            raise TransientError(f"the database is unreachable: {message}") from error
+        raise database_error(message, state) from error
+    except (sa.exc.DisconnectionError, OSError) as error:
+        raise TransientError(f"the database is unreachable: {error}") from error
+    except (sa.exc.NoResultFound, sa.exc.MultipleResultsFound) as error:
+        raise PermanentError(f"expected one row with one column: {error}") from error
 
 
 @functools.lru_cache(maxsize=256)
@@ -115,7 +111,9 @@ class Database:
         if getattr(self._pinned, "connection", None) is not None:
             yield
             return
-        with self.engine.connect() as connection:
+        with neutral_errors():
+            connection = self.engine.connect()
+        with connection:
             self._pinned.connection = connection
             try:
                 yield
@@ -133,18 +131,18 @@ class Database:
 
     def fetch_json(self, sql: str, params: dict[str, Any] | None = None) -> Any:
         """Run a statement that returns one row holding one JSON text column."""
-        with self._connection() as connection:
+        with neutral_errors(), self._connection() as connection:
             value = connection.exec_driver_sql(_driver_sql(sql, connection.dialect), params or {}).scalar_one()
         return json.loads(value) if isinstance(value, str) else value
 
     def fetch_json_rows(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
         """Run a statement whose rows each hold one JSON text column."""
-        with self._connection() as connection:
+        with neutral_errors(), self._connection() as connection:
             rows = connection.exec_driver_sql(_driver_sql(sql, connection.dialect), params or {})
             return [json.loads(value) for value in rows.scalars()]
 
     def execute(self, sql: str, params: dict[str, Any] | list[dict[str, Any]] | None = None) -> int:
-        with self._connection() as connection:
+        with neutral_errors(), self._connection() as connection:
             return connection.exec_driver_sql(_driver_sql(sql, connection.dialect), params or {}).rowcount
 
     def dispose(self) -> None:

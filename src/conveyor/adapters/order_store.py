@@ -8,7 +8,6 @@ from typing import Any
 
 from pydantic_core import to_json
 
-from conveyor.adapters.database import Database, sqlstate_of
 from conveyor.domain.orders import (
     BatchPlan,
     CatalogItem,
@@ -17,6 +16,8 @@ from conveyor.domain.orders import (
     PaymentKey,
     Placement,
 )
+from conveyor.errors import PermanentError, RetryableConflict
+from conveyor.ports import Database
 
 READ_BATCH_STATE = """
 SELECT json_build_object(
@@ -48,11 +49,21 @@ SELECT json_build_object(
 # The unique index on held payment references (migration 0004): a concurrent batch took the reference first.
 PAYMENT_REFERENCE_HELD_INDEX = "orders_payment_reference_held"
 
+# Stock is reserved only for the placements this statement really inserted (see below).
+RESERVE_FOR_CLAIMED_PLACEMENTS = "SELECT reservation, 1 AS direction FROM placed WHERE created AND status = 'CONFIRMED'"
+
+
+def apply_batch_plan_statement(reserve_for: str = RESERVE_FOR_CLAIMED_PLACEMENTS) -> str:
+    """APPLY_BATCH_PLAN; `reserve_for` selects the placements whose reservation moves stock (the chaos
+    harness passes a naive one, to show what the claim prevents)."""
+    return _APPLY_BATCH_PLAN.replace("{reserve_for}", reserve_for)
+
+
 # One statement applies a whole batch. Each order row is claimed with
 # INSERT .. ON CONFLICT, which sees and locks the latest committed row even when
 # a concurrent worker wrote it after this statement's snapshot, so stock moves,
 # lines and audit events follow only from rows this statement really changed.
-APPLY_BATCH_PLAN = """
+_APPLY_BATCH_PLAN = """
 WITH
 plan AS (SELECT CAST(:plan AS jsonb) AS body),
 placement AS (
@@ -111,7 +122,7 @@ cancelled AS (
 stock_change AS (
     SELECT held.key AS sku, sum(CAST(held.value AS integer) * change.direction) AS quantity
     FROM (
-        SELECT reservation, 1 AS direction FROM placed WHERE created AND status = 'CONFIRMED'
+        {reserve_for}
         UNION ALL
         SELECT reservation, -1 FROM cancelled WHERE NOT created
     ) AS change
@@ -152,6 +163,8 @@ SELECT json_build_object(
     'events', (SELECT count(*) FROM events)
 )::text
 """
+
+APPLY_BATCH_PLAN = apply_batch_plan_statement()
 
 ORDER_JSON = """
 json_build_object(
@@ -214,8 +227,9 @@ SELECT COALESCE((
 
 
 class OrderStore:
-    def __init__(self, database: Database):
+    def __init__(self, database: Database, apply_statement: str = APPLY_BATCH_PLAN):
         self.database = database
+        self.apply_statement = apply_statement
 
     def pinned(self) -> AbstractContextManager[None]:
         """Keep one connection for a batch's statements."""
@@ -252,7 +266,14 @@ class OrderStore:
         return catalog, known, holders
 
     def apply(self, plan: BatchPlan) -> dict[str, int]:
-        return self.database.fetch_json(APPLY_BATCH_PLAN, {"plan": plan_json(plan)})
+        try:
+            return self.database.fetch_json(self.apply_statement, {"plan": plan_json(plan)})
+        except PermanentError as exc:
+            if exc.sqlstate == "23505" and PAYMENT_REFERENCE_HELD_INDEX in str(exc):
+                # Nothing was applied; the next read sees the other order, and the plan rejects this one.
+                raise RetryableConflict(str(exc), "payment reference taken by a concurrent worker",
+                                        exc.sqlstate) from exc
+            raise
 
     def get_order(self, client_id: uuid.UUID, order_id: uuid.UUID) -> dict[str, Any] | None:
         return self.database.fetch_json(
@@ -285,16 +306,6 @@ class OrderStore:
 
     def find_client(self, key_hash: str) -> dict[str, Any] | None:
         return self.database.fetch_json(FIND_CLIENT, {"key_hash": key_hash})
-
-
-def payment_reference_race(error: BaseException) -> str | None:
-    """Why to decide the batch again, when a concurrent batch took a payment reference this one wanted.
-
-    The statement applied nothing; the next read sees the other order, and the plan rejects this one.
-    """
-    if sqlstate_of(error) == "23505" and PAYMENT_REFERENCE_HELD_INDEX in str(getattr(error, "orig", error)):
-        return "payment reference taken by a concurrent worker"
-    return None
 
 
 def plan_json(plan: BatchPlan) -> str:

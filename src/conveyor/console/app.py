@@ -76,7 +76,7 @@ class Services:
 
         def build() -> None:
             try:
-                self.runs
+                self.runs  # noqa: B018 - built on first access
             except Exception as exc:  # noqa: BLE001 - e.g. not configured: the first request says so
                 get_logger("conveyor-console").warning(
                     "reconciliation runs are not recovered at startup", extra={"error": describe_error(exc)})

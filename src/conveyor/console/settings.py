@@ -1,6 +1,6 @@
 """The console's configuration, read from the environment once per process.
 
-Database, in order of preference:
+Database (chosen by `conveyor.bootstrap.choose_database`, preferring a direct connection), in order:
 - DATABASE_URL: a direct PostgreSQL URL;
 - DATABASE_SECRET_ARN: a Secrets Manager secret as RDS writes it (JSON with username, password,
   host, port, dbname). DATABASE_NAME, DATABASE_HOST and DATABASE_PORT override its dbname, host
@@ -35,14 +35,9 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from conveyor.dataapi.client import (
-    DATABASE_VARIABLE,
-    RESOURCE_ARN_VARIABLE,
-    RETRY_BUDGET_VARIABLE,
-    SECRET_ARN_VARIABLE,
-    DataApiDatabase,
-    DataApiRequestError,
-)
+from conveyor import bootstrap
+from conveyor.bootstrap import ConfigurationError
+from conveyor.dataapi.client import DataApiDatabase
 from conveyor.observability import get_logger
 from conveyor.reconciliation.sources import REPORT_DIR_VARIABLE
 
@@ -58,10 +53,6 @@ SECRET_FORMAT = ('the RDS credentials JSON {"username": ..., "password": ..., "h
 _REGION_IN_ARN = re.compile(r"^arn:[^:]+:secretsmanager:([^:]+):")
 
 
-class ConfigurationError(RuntimeError):
-    pass
-
-
 @dataclass(frozen=True)
 class DatabaseSettings:
     direct_url: str | None = None  # psycopg; COPY and the engine's transaction need it
@@ -70,19 +61,17 @@ class DatabaseSettings:
 
 
 def database_settings(secrets_client: Any = None) -> DatabaseSettings:
-    if url := os.environ.get(DATABASE_URL_VARIABLE):
-        return DatabaseSettings(direct_url=url)
+    choice = bootstrap.choose_database(prefer_direct=True)
+    if choice is not None and choice.kind == "direct":
+        return DatabaseSettings(direct_url=choice.url)
+    # The console's own source of a direct connection, preferred to the Data API: COPY needs one.
     if secret_arn := os.environ.get(DATABASE_SECRET_VARIABLE):
         secret = DatabaseSecret(secret_arn, secrets_client or secrets_manager_client(secret_arn))
         return DatabaseSettings(direct_url=secret.url(), secret=secret)
-    if any(os.environ.get(name) for name in (RESOURCE_ARN_VARIABLE, SECRET_ARN_VARIABLE, DATABASE_VARIABLE)):
-        try:
-            return DatabaseSettings(data_api=DataApiDatabase.from_environment())
-        except DataApiRequestError as exc:
-            raise ConfigurationError(str(exc)) from None
-        except ValueError:
-            raise ConfigurationError(f"{RETRY_BUDGET_VARIABLE} must be a number of seconds, e.g. 20, not"
-                                     f" {os.environ.get(RETRY_BUDGET_VARIABLE)!r}") from None
+    if choice is not None:
+        data_api = bootstrap.open_database(choice)
+        assert isinstance(data_api, DataApiDatabase)
+        return DatabaseSettings(data_api=data_api)
     return DatabaseSettings()
 
 
@@ -202,7 +191,8 @@ class DatabaseSecret:
             port = int(port)
         except (TypeError, ValueError):
             raise ConfigurationError(
-                f"the database port {port!r} (from {DATABASE_PORT_VARIABLE} or secret {self.arn}) is not a number")
+                f"the database port {port!r} (from {DATABASE_PORT_VARIABLE} or secret {self.arn}) is not a number"
+            ) from None
         return {
             "user": str(secret["username"]),
             "password": str(secret["password"]),

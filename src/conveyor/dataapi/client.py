@@ -12,9 +12,9 @@ aurora-data-api DB-API driver (and its SQLAlchemy dialect) on the hot path becau
   milliseconds and drops their time zone. Conveyor passes only str, int, bool and None
   and casts in SQL, so plain typed fields are exact and need no hints;
 - raises a unique violation as a generic DatabaseError with the SQLSTATE buried in the
-  message. Here every SQL error is the SQLAlchemy error class psycopg would have given
-  (IntegrityError for 23xxx, OperationalError for 40001, ...) carrying `.sqlstate`, so
-  `sqlstate_of`, `is_transient` and the worker treat both paths alike;
+  message. Here every SQL error is one of `conveyor.errors`' (a retryable conflict for
+  40001, permanent for 23505, ...) carrying `.sqlstate`, as on the direct path, so the
+  worker treats both paths alike;
 - does not retry DatabaseResumingException (an auto-paused cluster takes ~15 s to
   resume), while boto3's default retries would resend after a read timeout, when the
   statement may already have run.
@@ -31,16 +31,14 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
-import sqlalchemy as sa
-from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, HTTPClientError
 
+from conveyor.errors import PermanentError, TransientError, database_error
 from conveyor.observability import get_logger
 
 RESOURCE_ARN_VARIABLE = "DATA_API_RESOURCE_ARN"
@@ -65,18 +63,6 @@ RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
 _SQLSTATE = re.compile(r"SQLState: ([0-9A-Z]{5})$")
 _REGION_IN_ARN = re.compile(r"^arn:[^:]+:rds:([^:]+):")
 
-# SQLSTATE classes -> the SQLAlchemy error psycopg's errors are wrapped in on the direct path.
-_ERROR_BY_SQLSTATE_CLASS: dict[str, type[sa.exc.DBAPIError]] = {
-    "22": sa.exc.DataError,
-    "23": sa.exc.IntegrityError,
-    "0A": sa.exc.NotSupportedError,
-    "42": sa.exc.ProgrammingError, "3D": sa.exc.ProgrammingError, "3F": sa.exc.ProgrammingError,
-    "08": sa.exc.OperationalError, "40": sa.exc.OperationalError, "53": sa.exc.OperationalError,
-    "54": sa.exc.OperationalError, "55": sa.exc.OperationalError, "57": sa.exc.OperationalError,
-    "58": sa.exc.OperationalError,
-    "XX": sa.exc.InternalError, "P0": sa.exc.InternalError,
-}
-
 # What the caller can do about a refusal that no retry will fix.
 _NEXT_STEP = {
     "AccessDeniedException": "give the function rds-data:ExecuteStatement on the cluster and "
@@ -91,23 +77,15 @@ _NEXT_STEP = {
 }
 
 
-class DataApiStatementError(Exception):
-    """A statement the database refused; `sqlstate` is PostgreSQL's code, read from the Data API's message."""
-
-    def __init__(self, message: str, sqlstate: str):
-        super().__init__(message)
-        self.sqlstate = sqlstate
-
-
-class DataApiUnavailable(OSError):
+class DataApiUnavailable(TransientError):
     """The Data API did not run the statement in time (resuming, throttled, down), or its answer was lost.
 
-    An OSError, like a lost connection on the direct path: the worker hands the batch back
-    to SQS and the API answers 503 with Retry-After.
+    Like a lost connection on the direct path: the worker hands the batch back to SQS and the
+    API answers 503 with Retry-After.
     """
 
 
-class DataApiRequestError(RuntimeError):
+class DataApiRequestError(PermanentError):
     """The Data API refused the call for a reason retries will not fix: configuration or permissions."""
 
 
@@ -168,7 +146,7 @@ class DataApiDatabase:
         self.logger = get_logger("conveyor-dataapi")
 
     @classmethod
-    def from_environment(cls, environ: dict[str, str] | None = None) -> DataApiDatabase:
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> DataApiDatabase:
         environ = os.environ if environ is None else environ
         missing = [name for name in (RESOURCE_ARN_VARIABLE, SECRET_ARN_VARIABLE, DATABASE_VARIABLE)
                    if not environ.get(name)]
@@ -192,8 +170,7 @@ class DataApiDatabase:
         response = self._call("ExecuteStatement", sql, params, parameters=_parameters(params or {}))
         records = response.get("records", [])
         if len(records) != 1 or len(records[0]) != 1:
-            raise sa.exc.NoResultFound("expected one row with one column") if not records else \
-                sa.exc.MultipleResultsFound(f"expected one row with one column, got {len(records)} row(s)")
+            raise PermanentError(f"expected one row with one column, got {len(records)} row(s)")
         [(kind, value)] = records[0][0].items()
         if kind == "isNull":
             return None
@@ -272,7 +249,7 @@ class DataApiDatabase:
                 code = error.response.get("Error", {}).get("Code", "")
                 status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
                 if code not in RETRYABLE_ERRORS and status not in RETRYABLE_STATUSES:
-                    raise _translate(error, sql, params) from error
+                    raise _translate(error) from error
                 reason = f"{code}: {error.response.get('Error', {}).get('Message', '')}"
             except (EndpointConnectionError, ConnectTimeoutError) as error:
                 reason = f"cannot connect to the Data API: {error}"  # the request never left
@@ -332,13 +309,12 @@ def _remaining_thread_budget() -> float | None:
     return None if at is None else at - time.monotonic()
 
 
-def _translate(error: ClientError, sql: str, params: Any) -> Exception:
+def _translate(error: ClientError) -> Exception:
     code = error.response.get("Error", {}).get("Code", "")
     message = error.response.get("Error", {}).get("Message", "")
     state = _SQLSTATE.search(message)
     if state:
-        error_class = _ERROR_BY_SQLSTATE_CLASS.get(state.group(1)[:2], sa.exc.DatabaseError)
-        return error_class(sql, params, DataApiStatementError(message, state.group(1)), hide_parameters=True)
+        return database_error(message, state.group(1))
     if code == "StatementTimeoutException":
         return DataApiUnavailable(f"the statement timed out in the Data API: {message}")
     next_step = _NEXT_STEP.get(code, "see the message")
@@ -368,6 +344,9 @@ def _field(name: str, value: Any) -> dict[str, Any]:
 def _data_api_client(resource_arn: str) -> Any:
     # A session of its own: boto3's default session is not safe to share across threads.
     # boto3 reads AWS_ENDPOINT_URL_RDS_DATA itself; the region defaults to the cluster's.
+    import boto3  # deferred: a cold start pays for it on the first statement, not at import
+    from botocore.config import Config
+
     region = _REGION_IN_ARN.match(resource_arn)
     session = boto3.session.Session()
     return session.client(

@@ -272,13 +272,15 @@ def _place(
     wanted: dict[str, int] = {}
     for line in command.lines:
         wanted[line.sku] = wanted.get(line.sku, 0) + line.quantity
+    prices = [line.unit_price for line in priced]
     total = (
-        sum(line.unit_price * line.quantity for line in priced)  # type: ignore[operator]
-        if all(line.unit_price is not None for line in priced)
+        sum(price * line.quantity for price, line in zip(prices, priced) if price is not None)
+        if all(price is not None for price in prices)
         else None
     )
 
-    def outcome(status: OrderStatus, reason: str | None, cause: str, reservation=None) -> Placement:
+    def outcome(status: OrderStatus, reason: str | None, cause: str,
+                reservation: dict[str, int] | None = None) -> Placement:
         return Placement(command, status, reason, priced, total, reservation or {}, cause)
 
     if cancelled_first:

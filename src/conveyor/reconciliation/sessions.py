@@ -16,10 +16,9 @@ from itertools import islice
 from typing import Any
 
 import psycopg
-from sqlalchemy.exc import DBAPIError
 
-from conveyor.adapters.database import sqlstate_of
 from conveyor.dataapi.client import DataApiDatabase, DataApiTransaction
+from conveyor.errors import PermanentError
 from conveyor.reconciliation.engine import ValueRefused
 from conveyor.reconciliation.formats import STAGING_COLUMNS
 from conveyor.reconciliation.loading import LINES_PER_BLOCK, ReportRows
@@ -105,10 +104,10 @@ class DataApiRunSession:
         while chunk := [dict(zip(STAGING_COLUMNS, record)) for record in islice(records, DATA_API_CHUNK_ROWS)]:
             try:
                 self._transaction.execute_batch(INSERT_STAGING, chunk)
-            except DBAPIError as exc:
-                if (sqlstate_of(exc) or "")[:2] != "22":  # not a data exception: not the report's fault
+            except PermanentError as exc:
+                if (exc.sqlstate or "")[:2] != "22":  # not a data exception: not the report's fault
                     raise
-                raise ValueRefused(f"{exc.orig} (lines {chunk[0]['line_no']} to {chunk[-1]['line_no']})") from None
+                raise ValueRefused(f"{exc} (lines {chunk[0]['line_no']} to {chunk[-1]['line_no']})") from None
             rows_loaded += len(chunk)
             on_chunk(rows_loaded)
         return rows_loaded

@@ -7,9 +7,9 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from conveyor.adapters.database import Database
+from conveyor.ports import Database
 from conveyor.domain.money import is_currency
 from conveyor.services.ordering import hash_api_key
 
@@ -77,9 +77,9 @@ def create_client(database: Database, name: str, api_key: str | None = None,
     return client
 
 
-def read_catalog_csv(path: Path) -> list[dict]:
+def read_catalog_csv(path: Path) -> list[dict[str, Any]]:
     """Parse and check a catalog CSV (sku,name,currency,unit_price,stock) by header name."""
-    items: dict[str, dict] = {}
+    items: dict[str, dict[str, Any]] = {}
     errors: list[str] = []
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
@@ -101,7 +101,7 @@ def read_catalog_csv(path: Path) -> list[dict]:
     return list(items.values())
 
 
-def _catalog_item(row: dict) -> dict:
+def _catalog_item(row: dict[str, str]) -> dict[str, Any]:
     sku = (row["sku"] or "").strip()
     currency = (row["currency"] or "").strip()
     if not sku or len(sku) > 64:
@@ -121,7 +121,7 @@ def _catalog_item(row: dict) -> dict:
     }
 
 
-def import_catalog(database: Database, items: list[dict]) -> int:
+def import_catalog(database: Database, items: list[dict[str, Any]]) -> int:
     """Insert or update catalog items in one statement; stock sets what is available now."""
     if not items:
         return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from conveyor.adapters.database import Database
+from conveyor.ports import Database
 from conveyor.services.access import Actor, Role
 
 # Other services embed this in their own statement, so an action and its audit row commit together.

@@ -5,7 +5,7 @@ import secrets
 import uuid
 from typing import Any
 
-from conveyor.adapters.database import Database
+from conveyor.ports import Database
 from conveyor.services.access import Actor, Role
 from conveyor.services.admin import AdminError, ApiKeyRegistry, NewClient, create_client
 from conveyor.services.audit import audit_params, record

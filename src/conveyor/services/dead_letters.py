@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from conveyor.adapters.database import Database
+from conveyor.ports import Database
 from conveyor.services.access import Actor, Role
 from conveyor.services.audit import record, require_reason
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, UTC
 from typing import Any
 
-from conveyor.adapters.database import Database
+from conveyor.ports import Database
 from conveyor.domain.orders import OrderStatus
 from conveyor.services.access import Actor, Role
 from conveyor.services.audit import record, require_reason
@@ -151,7 +151,8 @@ def detail(database: Database, actor: Actor, order_id: str) -> dict[str, Any] | 
         uuid.UUID(order_id)
     except ValueError:
         return None
-    return database.fetch_json(ORDER_DETAIL, {"id": order_id})
+    found: dict[str, Any] | None = database.fetch_json(ORDER_DETAIL, {"id": order_id})
+    return found
 
 
 def cancel(database: Database, orders: OrderService, actor: Actor, order_id: str, reason: str | None,
@@ -164,14 +165,14 @@ def cancel(database: Database, orders: OrderService, actor: Actor, order_id: str
         raise OrderQueryError(f"no order {order_id}")
     if order["status"] in (OrderStatus.CANCELLED, OrderStatus.REJECTED):
         raise OrderQueryError(f"order {order_id} is already {order['status'].lower()}")
-    answer = orders.request_cancel(Client(id=uuid.UUID(order["client_id"]), name=order["client"]), order_id,
+    answer = orders.request_cancel(Client(id=uuid.UUID(order["client_id"]), name=order["client"]), uuid.UUID(order_id),
                                    correlation_id)
     record(database, actor, "order.cancel", f"order:{order_id}", {"status": order["status"]},
            {"status": answer["status"], "cancellation": answer.get("cancellation", "done")}, reason)
     return answer
 
 
-def _page(database: Database, filters: OrderFilter, after: tuple[str, str] | None, limit: int) -> list[dict]:
+def _page(database: Database, filters: OrderFilter, after: tuple[str, str] | None, limit: int) -> list[dict[str, Any]]:
     return database.fetch_json_rows(SEARCH_ORDERS, {
         **filters.params(), "after_created_at": after[0] if after else None, "after_id": after[1] if after else None,
         "limit": limit})

@@ -1,26 +1,23 @@
-"""What the API does: accept, look up, list and cancel a client's orders."""
+"""What the API does: accept, look up, list and cancel a client's orders.
+
+The services take typed commands (parsed by the entrypoint, see conveyor.api_requests) and raise
+the errors below; which HTTP answer each one gets is the entrypoint's business.
+"""
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
-from conveyor.adapters.order_store import OrderStore
-from conveyor.adapters.queue import OrdersQueue
 from conveyor.domain.orders import OrderStatus, belongs_to, order_id_for, request_fingerprint
 from conveyor.messages import cancel_message, place_message
-from conveyor.schemas import FieldError, InvalidRequest, parse_order_request
-
-MAX_IDEMPOTENCY_KEY = 255
-DEFAULT_PAGE = 50
-MAX_PAGE = 200
+from conveyor.ports import MessageQueue, OrderStore
+from conveyor.schemas import OrderRequest
 
 
 class NotFound(LookupError):
@@ -28,7 +25,7 @@ class NotFound(LookupError):
 
 
 class Conflict(Exception):
-    """The request contradicts what is already known (409)."""
+    """The request contradicts what is already known; `field` names what contradicts it."""
 
     def __init__(self, message: str, field: str):
         super().__init__(message)
@@ -43,6 +40,29 @@ class Unauthorized(Exception):
 class Client:
     id: uuid.UUID
     name: str
+
+
+@dataclass(frozen=True)
+class NewOrder:
+    """Place an order: a retry with the same idempotency key and order gets the same answer."""
+
+    idempotency_key: str
+    order: OrderRequest
+
+
+@dataclass(frozen=True)
+class OrdersQuery:
+    """A page of a client's orders, newest first, after the keyset (created_at, order id) if given."""
+
+    status: OrderStatus | None
+    limit: int
+    after: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class OrdersPage:
+    orders: list[dict[str, Any]]
+    next_after: tuple[str, str] | None  # the keyset of the next page; None on the last page
 
 
 def hash_api_key(api_key: str) -> str:
@@ -78,17 +98,15 @@ class Authenticator:
 
 
 class OrderService:
-    def __init__(self, store: OrderStore, queue: OrdersQueue, now: Callable[[], datetime] = lambda: datetime.now(UTC)):
+    def __init__(self, store: OrderStore, queue: MessageQueue, now: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self.store = store
         self.queue = queue
         self.now = now
 
-    def place_order(
-        self, client: Client, idempotency_key: str | None, raw_body: bytes | None, correlation_id: str
-    ) -> dict[str, Any]:
-        """Validate and enqueue an order; a retry with the same key and body gets the same answer."""
-        key = _idempotency_key(idempotency_key)
-        order = parse_order_request(raw_body).model_dump(mode="json", exclude_none=True)
+    def place_order(self, client: Client, command: NewOrder, correlation_id: str) -> dict[str, Any]:
+        """Enqueue an order; a retry with the same key and order gets the same answer."""
+        key = command.idempotency_key
+        order = command.order.model_dump(mode="json", exclude_none=True)
         order_id = order_id_for(client.id, key)
         fingerprint = request_fingerprint(order)
         known = self.store.get_order_summary(client.id, order_id)
@@ -107,84 +125,39 @@ class OrderService:
         self.queue.send(message, correlation_id)
         return {"order_id": str(order_id), "status": OrderStatus.PENDING.value}
 
-    def request_cancel(self, client: Client, order_id: str, correlation_id: str) -> dict[str, Any]:
+    def request_cancel(self, client: Client, order_id: uuid.UUID, correlation_id: str) -> dict[str, Any]:
         """Queue a cancel. An order not seen yet is cancelled when it arrives."""
-        parsed = _own_order_id(client, order_id)
-        known = self.store.get_order_summary(client.id, parsed)
+        _own(client, order_id)
+        known = self.store.get_order_summary(client.id, order_id)
         if known is not None:
             if known["status"] == OrderStatus.REJECTED:
                 raise Conflict(f"order {order_id} was rejected and cannot be cancelled", field="order_id")
             if known["status"] == OrderStatus.CANCELLED:
-                return {"order_id": order_id, "status": OrderStatus.CANCELLED.value}
-        self.queue.send(cancel_message(order_id=parsed, client_id=client.id, requested_at=self.now()), correlation_id)
+                return {"order_id": str(order_id), "status": OrderStatus.CANCELLED.value}
+        self.queue.send(cancel_message(order_id=order_id, client_id=client.id, requested_at=self.now()),
+                        correlation_id)
         return {
-            "order_id": order_id,
+            "order_id": str(order_id),
             "status": known["status"] if known else OrderStatus.PENDING.value,
             "cancellation": "queued",
         }
 
-    def get_order(self, client: Client, order_id: str) -> dict[str, Any]:
-        order = self.store.get_order(client.id, _own_order_id(client, order_id))
+    def get_order(self, client: Client, order_id: uuid.UUID) -> dict[str, Any]:
+        _own(client, order_id)
+        order = self.store.get_order(client.id, order_id)
         if order is None:
             raise NotFound(f"order {order_id} not found")
         return order
 
-    def list_orders(
-        self, client: Client, status: str | None, limit: str | None, cursor: str | None
-    ) -> dict[str, Any]:
-        if status is not None and status not in OrderStatus.__members__:
-            raise _invalid("status", f"must be one of {', '.join(OrderStatus.__members__)}")
-        page_size = _page_size(limit)
+    def list_orders(self, client: Client, query: OrdersQuery) -> OrdersPage:
         orders = self.store.list_orders(
-            client.id, status=status, limit=page_size, after=_decode_cursor(cursor) if cursor else None
+            client.id, status=query.status.value if query.status else None, limit=query.limit, after=query.after
         )
-        next_cursor = None
-        if len(orders) == page_size:
-            last = orders[-1]
-            next_cursor = _encode_cursor(last["created_at"], last["order_id"])
-        return {"orders": orders, "next_cursor": next_cursor}
+        last = orders[-1] if len(orders) == query.limit else None
+        return OrdersPage(orders, (last["created_at"], last["order_id"]) if last else None)
 
 
-def _invalid(field: str, message: str, status: int = 400) -> InvalidRequest:
-    return InvalidRequest(status, "invalid_parameter", f"{field} {message}", [FieldError(field=field, message=message)])
-
-
-def _idempotency_key(value: str | None) -> str:
-    if not value:
-        raise _invalid("Idempotency-Key", "header is required: send a unique key per order")
-    if len(value) > MAX_IDEMPOTENCY_KEY or not value.isprintable():
-        raise _invalid("Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters")
-    return value
-
-
-def _own_order_id(client: Client, value: str) -> uuid.UUID:
-    """The order id, if it can be one of this client's; anything else is not found."""
-    try:
-        order_id = uuid.UUID(value)
-    except ValueError:
-        raise NotFound(f"order {value} not found") from None
+def _own(client: Client, order_id: uuid.UUID) -> None:
+    """Another client's order id is not found, without a lookup."""
     if not belongs_to(order_id, client.id):
-        raise NotFound(f"order {value} not found")
-    return order_id
-
-
-def _page_size(value: str | None) -> int:
-    if value is None:
-        return DEFAULT_PAGE
-    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_PAGE:
-        raise _invalid("limit", f"must be an integer from 1 to {MAX_PAGE}")
-    return int(value)
-
-
-def _encode_cursor(created_at: str, order_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([created_at, order_id]).encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[str, str]:
-    try:
-        created_at, order_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        datetime.fromisoformat(created_at)
-        uuid.UUID(order_id)
-    except (ValueError, TypeError, AttributeError, binascii.Error):
-        raise _invalid("cursor", "is not a cursor this API returned") from None
-    return created_at, order_id
+        raise NotFound(f"order {order_id} not found")

@@ -6,13 +6,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Callable
+from collections.abc import Callable
 
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError
 
-from conveyor.adapters.database import RETRYABLE_SQLSTATES, is_transient, sqlstate_of
-from conveyor.adapters.order_store import OrderStore, payment_reference_race
 from conveyor.domain.orders import (
     CancelOrder,
     Command,
@@ -21,6 +18,8 @@ from conveyor.domain.orders import (
     PlaceOrder,
     plan_batch,
 )
+from conveyor.errors import PermanentError, RetryableConflict, TransientError
+from conveyor.ports import Logger, OrderStore
 from conveyor.schemas import PlaceOrderMessage, QueueMessage
 
 MAX_ATTEMPTS = 6
@@ -38,13 +37,13 @@ class QueueRecord:
 class BatchResult:
     failed_message_ids: list[str] = field(default_factory=list)
     failure_reasons: dict[str, str] = field(default_factory=dict)
-    outcomes: Counter = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
     attempts: int = 0
     settle_latencies_ms: list[float] = field(default_factory=list)  # accepted by the API -> recorded
 
 
 class BatchProcessor:
-    def __init__(self, store: OrderStore, logger: Any, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, store: OrderStore, logger: Logger, sleep: Callable[[float], None] = time.sleep):
         self.store = store
         self.logger = logger
         self.sleep = sleep
@@ -71,8 +70,8 @@ class BatchProcessor:
         try:
             with self.store.pinned():
                 self._apply(commands, result)
-        except (DBAPIError, OSError) as exc:
-            if is_transient(exc) or len(commands) == 1:
+        except (TransientError, PermanentError) as exc:
+            if isinstance(exc, TransientError) or len(commands) == 1:
                 # Unreachable or still contended: the whole batch goes back to the queue.
                 self._fail(commands, result, exc)
                 return result
@@ -82,7 +81,7 @@ class BatchProcessor:
             for command in commands:
                 try:
                     self._apply([command], result)
-                except (DBAPIError, OSError) as single_exc:
+                except (TransientError, PermanentError) as single_exc:
                     self._fail([command], result, single_exc)
         return result
 
@@ -98,11 +97,10 @@ class BatchProcessor:
             try:
                 if plan.has_writes:
                     self.store.apply(plan)
-            except DBAPIError as exc:
-                reason = RETRYABLE_SQLSTATES.get(sqlstate_of(exc) or "") or payment_reference_race(exc)
-                if reason is None or attempt == MAX_ATTEMPTS:
+            except RetryableConflict as exc:
+                if attempt == MAX_ATTEMPTS:
                     raise
-                self.logger.info("retrying batch", extra={"reason": reason, "attempt": attempt,
+                self.logger.info("retrying batch", extra={"reason": exc.reason, "attempt": attempt,
                                                           "correlation_ids": _correlation_ids(commands)})
                 self.sleep(random.uniform(0, 0.01 * 2**attempt))
                 continue

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from conveyor.adapters.database import Database
+from conveyor.ports import Database
 from conveyor.reconciliation.engine import CATEGORIES
 from conveyor.services.access import Actor, Role
 from conveyor.services.audit import audit_params, record, require_reason
@@ -92,7 +92,7 @@ def start_run(runs: Any, database: Database, actor: Actor, report: Any, format: 
               cutoff: datetime | None, timezone: str | None = None) -> dict[str, Any]:
     """Queue a run in the background runs (`jobs.BackgroundRuns`), audited."""
     actor.require(Role.OPERATOR, "start reconciliation runs")
-    run = runs.start(report, format, cutoff, None, timezone)
+    run: dict[str, Any] = runs.start(report, format, cutoff, None, timezone)
     record(database, actor, "reconciliation.start", f"run:{run['id']}", None,
            {"source": run["source"], "format": run["format"], "status": run["status"]}, None)
     return run
@@ -136,4 +136,5 @@ def resolve(database: Database, actor: Actor, run_id: str, discrepancy_id: int, 
 
 def dashboard(database: Database, actor: Actor) -> dict[str, Any]:
     actor.require(Role.VIEWER, "read the dashboard")
-    return database.fetch_json(DASHBOARD)
+    summary: dict[str, Any] = database.fetch_json(DASHBOARD)
+    return summary

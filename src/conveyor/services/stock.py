@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from conveyor.adapters.database import Database
+from conveyor.ports import Database
 from conveyor.services.access import Actor, Role
 from conveyor.services.admin import import_catalog, read_catalog_csv
 from conveyor.services.audit import audit_params, record, require_reason
@@ -65,7 +65,8 @@ def adjust_stock(database: Database, actor: Actor, sku: str, delta: int, reason:
             raise StockError(f"no SKU {sku!r} in the catalog")
         raise StockError(f"{sku} has {result['current']['available']:,} available (and"
                          f" {result['current']['reserved']:,} reserved by orders): it cannot lose {-delta:,}")
-    return result["changed"]
+    changed: dict[str, Any] = result["changed"]
+    return changed
 
 
 def import_stock_csv(database: Database, actor: Actor, path: Path, source_name: str, reason: str | None) -> int:

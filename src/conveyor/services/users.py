@@ -12,7 +12,7 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from conveyor.adapters.database import Database
+from conveyor.ports import Database
 from conveyor.services.access import Actor, Role
 from conveyor.services.audit import AUDIT_INSERT, audit_params
 
@@ -121,7 +121,7 @@ WHERE CAST(:user_id AS uuid) IS NULL OR t.user_id = CAST(:user_id AS uuid)
 ORDER BY t.created_at DESC
 """
 
-REVOKE_TOKEN = f"""
+REVOKE_TOKEN = """
 WITH revoked AS (
     UPDATE console_api_tokens SET revoked_at = now()
     WHERE left(token_hash, 12) = :token_id AND revoked_at IS NULL
@@ -182,7 +182,7 @@ def create_user(database: Database, actor: Actor, name: str, role: Role, passwor
     if not NAME_PATTERN.match(name):
         raise UserError("a user name is 1 to 64 letters, digits, or . _ @ -")
     user_id = str(uuid.uuid4())
-    created = database.fetch_json(CREATE_USER, {
+    created: dict[str, Any] = database.fetch_json(CREATE_USER, {
         "id": user_id, "name": name, "role": role.label, "password_hash": _hasher.hash(check_password(password)),
         **audit_params(actor, "user.create", f"user:{name}", None, {"name": name, "role": role.label}, None),
     })
@@ -223,7 +223,7 @@ def get_user(database: Database, user_id: str) -> ConsoleUser | None:
 
 
 def has_users(database: Database) -> bool:
-    return database.fetch_json(COUNT_USERS) > 0
+    return bool(database.fetch_json(COUNT_USERS) > 0)
 
 
 def list_users(database: Database, actor: Actor) -> list[dict[str, Any]]:
@@ -236,7 +236,7 @@ def change_user(database: Database, actor: Actor, user_id: str, *, role: Role | 
     actor.require(Role.ADMIN, "change users")
     if actor.user_id == user_id:
         raise UserError("you cannot change your own role or disable yourself; ask another admin")
-    changed = database.fetch_json(CHANGE_USER, {
+    changed: dict[str, Any] = database.fetch_json(CHANGE_USER, {
         "id": user_id, "role": role.label if role else None, "disabled": disabled,
         **audit_params(actor, "user.change", f"user:{user_id}", None, None, reason),
     })
@@ -281,4 +281,4 @@ def actor_for_token(database: Database, token: str) -> Actor | None:
 
 def stored_secret(database: Database, name: str) -> str:
     """A random secret kept in the database, the same for every process that asks."""
-    return database.fetch_json(SETTING, {"name": name, "value": secrets.token_urlsafe(48)})
+    return str(database.fetch_json(SETTING, {"name": name, "value": secrets.token_urlsafe(48)}))

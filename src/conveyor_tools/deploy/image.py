@@ -31,7 +31,7 @@ def build_and_push(ecr, repository_uri: str, repository_name: str, say: Callable
     """Build the Dockerfile, tag it by content and push it unless ECR has it; returns the tag."""
     tool = container_tool()
     context = context or repository_root()
-    local = f"conveyor-console:deploy"
+    local = "conveyor-console:deploy"
     say(f"building the console image with {tool} (first builds take a few minutes)")
     build = [tool, "build", "-t", local, str(context)]
     if tool == "podman":

@@ -11,7 +11,7 @@ from typing import Any
 
 from conveyor_tools.deploy.cloudformation import Progress, StackDeployer, Timing, quiet_progress, template_json
 from conveyor_tools.deploy.plan import (
-    API_STAGE, BILLING_REGION, CHALICE_APPS, STACKS, AwsContext, DeployError, Outputs, StageConfig, load_stage,
+    BILLING_REGION, CHALICE_APPS, STACKS, AwsContext, DeployError, Outputs, StageConfig, load_stage,
     merge_template, predicted_outputs, read_template, render_policy, stack_parameters, stage_settings,
 )
 from conveyor_tools.deploy.sam import expand, with_code_in_s3
@@ -119,7 +119,7 @@ class Deployment:
     """Deploys one stage, stack after stack, each through a change set."""
 
     def __init__(self, stage_name: str, session, work_dir: Path, say: Say, *, progress: Progress = quiet_progress,
-                 timing: Timing = Timing(), build_image: BuildImage | None = None, migrate: Migrate | None = None,
+                 timing: Timing | None = None, build_image: BuildImage | None = None, migrate: Migrate | None = None,
                  package: PackageApps | None = None):
         if not session.region_name:
             raise DeployError("no AWS region: set AWS_REGION (e.g. export AWS_REGION=eu-west-1)")
@@ -128,7 +128,7 @@ class Deployment:
         self.work_dir = work_dir
         self.say = say
         self.progress = progress
-        self.timing = timing
+        self.timing = timing or Timing()
         self.build_image = build_image
         self.migrate = migrate or migrate_through_data_api
         self.package = package or _packager()
@@ -219,7 +219,7 @@ def stage_to_destroy(stage_name: str, force: bool, say: Say) -> StageConfig:
 
 
 def destroy(stage_name: str, session, say: Say, *, force: bool = False, progress: Progress = quiet_progress,
-            timing: Timing = Timing()) -> list[str]:
+            timing: Timing | None = None) -> list[str]:
     """Delete a stage's stacks, newest first; returns the stacks deleted. Prod's database leaves a snapshot."""
     stage = stage_to_destroy(stage_name, force, say)
     if not session.region_name:
@@ -233,7 +233,7 @@ def destroy(stage_name: str, session, say: Say, *, force: bool = False, progress
             _empty_packages_bucket(session, cfn, name, say)
         if spec.concern == "database" and stage.is_prod:
             _lift_deletion_protection(session, stage, say)
-        if StackDeployer(cfn, say, progress, timing).delete(name):
+        if StackDeployer(cfn, say, progress, timing or Timing()).delete(name):
             deleted.append(name)
             say(f"{name}: deleted")
     if any(name.endswith("-database") for name in deleted):

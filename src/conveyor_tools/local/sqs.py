@@ -158,14 +158,14 @@ class LocalSqs:
 
 
 class _MotoServerProcess:
-    """moto's server (see conveyor.local.moto_server) on 127.0.0.1, ready when it answers."""
+    """moto's server (see conveyor_tools.local.moto_server) on 127.0.0.1, ready when it answers."""
 
     def __init__(self, port: int, startup_timeout: float = 30.0):
         self.port = port
         # moto's web server logs every request; keep it out of the console.
         self._log = tempfile.TemporaryFile()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "conveyor.local.moto_server", "-H", LOOPBACK, "-p", str(port)],
+            [sys.executable, "-m", "conveyor_tools.local.moto_server", "-H", LOOPBACK, "-p", str(port)],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             # Its own session: a Ctrl-C in the terminal must not stop it before the pollers.
             start_new_session=True,

@@ -1,4 +1,5 @@
-"""Which database a command uses: DATABASE_URL, or the local stack's embedded PostgreSQL."""
+"""Which database a command uses (the runtime's choice, or the local stack's embedded PostgreSQL in a
+`conveyor dev` folder), and scratch databases for tests, benchmarks and the chaos harness."""
 from __future__ import annotations
 
 import logging
@@ -14,7 +15,10 @@ from pathlib import Path
 import psycopg
 from sqlalchemy.engine import make_url
 
+from conveyor import bootstrap
 from conveyor.adapters.database import sqlalchemy_url
+from conveyor.bootstrap import DatabaseChoice
+from conveyor.ports import Database
 
 STATE_DIR_NAME = ".conveyor"
 DATABASE_NAME = "conveyor"
@@ -44,8 +48,30 @@ def embedded_database_url(directory: Path) -> str:
     return server.get_uri(DATABASE_NAME)
 
 
-def resolve_database_url(base: Path | None = None) -> str:
-    return os.environ.get("DATABASE_URL") or embedded_database_url(state_dir(base))
+def command_database(base: Path | None = None, *, direct_only: bool = False) -> DatabaseChoice:
+    """The database a `conveyor` command uses: what the runtime's composition root chooses from the
+    environment (the Data API when DATA_API_* is set, else DATABASE_URL); else, only in a folder where
+    `conveyor dev` runs (one with .conveyor/), that stack's embedded PostgreSQL, started if need be.
+    Anywhere else it refuses and says what to set: it never creates a database the user did not mean.
+
+    `direct_only`: for commands that need a PostgreSQL server of their own (scratch databases, the
+    local Data API endpoint); DATABASE_URL is then preferred and the Data API is refused."""
+    choice = bootstrap.choose_database(prefer_direct=direct_only)
+    if choice is not None and not (direct_only and choice.kind == "data_api"):
+        return choice
+    folder = (base or Path.cwd()) / STATE_DIR_NAME
+    if folder.is_dir():
+        return DatabaseChoice("direct", embedded_database_url(folder))
+    if choice is not None:
+        raise bootstrap.ConfigurationError(
+            "this command needs a PostgreSQL server, not the RDS Data API: set DATABASE_URL, or run it in a"
+            " folder where `conveyor dev` runs")
+    raise bootstrap.ConfigurationError(bootstrap.NO_DATABASE)
+
+
+def open_command_database(base: Path | None = None, *, pool_size: int = 1) -> Database:
+    """The command's database, connected (see `command_database`)."""
+    return bootstrap.open_database(command_database(base), pool_size=pool_size)
 
 
 @contextmanager

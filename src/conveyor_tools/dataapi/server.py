@@ -30,8 +30,8 @@ import psycopg
 from botocore.validate import ParamValidator
 from psycopg.pq import TransactionStatus
 
-from conveyor.dataapi.sql import CompiledStatement, compile_statement
-from conveyor.dataapi.values import (
+from conveyor_tools.dataapi.sql import CompiledStatement, compile_statement
+from conveyor_tools.dataapi.values import (
     ADAPTERS,
     ParameterError,
     ResultOptions,
@@ -43,7 +43,7 @@ from conveyor.dataapi.values import (
     field as encode_field,
     json_value,
 )
-from conveyor.local.database import libpq_url
+from conveyor_tools.local.database import libpq_url
 from conveyor.observability import get_logger
 
 LOOPBACK = "127.0.0.1"

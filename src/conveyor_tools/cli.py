@@ -9,18 +9,19 @@ from pathlib import Path
 
 from rich.console import Console
 
+from conveyor.bootstrap import ConfigurationError
+
 console = Console(stderr=True, highlight=False)
 
 
 def _database(connections: int = 1):
-    from conveyor.adapters.database import Database, create_engine_for
-    from conveyor.local.database import resolve_database_url
+    from conveyor_tools.local.database import open_command_database
 
-    return Database(create_engine_for(resolve_database_url(), pool_size=connections))
+    return open_command_database(pool_size=connections)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from conveyor.local.stack import DevSettings, run
+    from conveyor_tools.local.stack import DevSettings, run
 
     run(
         DevSettings(api_port=args.port, sqs_port=args.sqs_port, pollers=args.pollers,
@@ -31,21 +32,28 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    import os
+    from conveyor_tools.local.database import command_database
 
-    from conveyor.dataapi.client import DATABASE_VARIABLE, RESOURCE_ARN_VARIABLE, SECRET_ARN_VARIABLE
+    choice = command_database()
+    if choice.kind == "data_api":  # a deploy machine that reaches Aurora only through the Data API
+        import os
 
-    if os.environ.get(RESOURCE_ARN_VARIABLE):  # a deploy machine that reaches Aurora only through the Data API
+        from conveyor.dataapi.client import DATABASE_VARIABLE, RESOURCE_ARN_VARIABLE, SECRET_ARN_VARIABLE
         from conveyor.dataapi.migrations import upgrade_through_data_api
 
+        missing = [name for name in (RESOURCE_ARN_VARIABLE, SECRET_ARN_VARIABLE, DATABASE_VARIABLE)
+                   if not os.environ.get(name)]
+        if missing:
+            raise ConfigurationError(f"{', '.join(missing)} not set: the Data API needs the cluster ARN, the"
+                                     " secret ARN and the database name")
         upgrade_through_data_api(os.environ[RESOURCE_ARN_VARIABLE], os.environ[SECRET_ARN_VARIABLE],
                                  os.environ[DATABASE_VARIABLE])
     else:
-        from conveyor.local.database import resolve_database_url
         from conveyor.migrations_runner import upgrade
 
-        upgrade(resolve_database_url())
-    console.print("migrations applied")
+        assert choice.url is not None
+        upgrade(choice.url)
+    console.print(f"migrations applied through {choice.describe()}")
     return 0
 
 
@@ -102,8 +110,8 @@ def _dead_letter_queue():
     import os
 
     from conveyor.adapters.dead_letter_queue import SqsDeadLetterQueue
-    from conveyor.local.database import state_dir
-    from conveyor.local.sqs import sqs_client
+    from conveyor_tools.local.database import state_dir
+    from conveyor_tools.local.sqs import sqs_client
 
     queue_url, dlq_url, endpoint = (os.environ.get("ORDERS_QUEUE_URL"), os.environ.get("ORDERS_DLQ_URL"),
                                     os.environ.get("AWS_ENDPOINT_URL_SQS"))
@@ -167,7 +175,7 @@ def cmd_catalog_import(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from conveyor.loadgen import LoadSettings, run_load
+    from conveyor_tools.loadgen import LoadSettings, run_load
 
     summary = run_load(
         LoadSettings(
@@ -187,13 +195,15 @@ def cmd_load(args: argparse.Namespace) -> int:
 def cmd_chaos(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from conveyor.chaos import ChaosRun, ChaosSettings
-    from conveyor.local.database import resolve_database_url, scratch_database
+    from conveyor_tools.chaos import ChaosRun, ChaosSettings
+    from conveyor_tools.local.database import command_database, scratch_database
 
     settings = ChaosSettings(orders=args.orders, workers=args.workers, fault_rate=args.fault_rate,
                              seed=args.seed, naive=args.naive, data_api=args.data_api)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with scratch_database(resolve_database_url(), "chaos") as url, Progress(*columns, console=console) as progress:
+    server_url = command_database(direct_only=True).url
+    assert server_url is not None
+    with scratch_database(server_url, "chaos") as url, Progress(*columns, console=console) as progress:
         task = progress.add_task("messages settled", total=None)
         summary = ChaosRun(settings, url, lambda done, total: progress.update(task, completed=done, total=total)).run()
     for name, holds in summary["invariants"].items():
@@ -232,11 +242,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     import logging
     import os
 
-    import psycopg
     from aws_lambda_powertools import Logger
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-    from sqlalchemy.exc import ProgrammingError
 
+    from conveyor.adapters.database import Database
+    from conveyor.errors import PermanentError
     from conveyor.reconciliation.engine import CATEGORIES
     from conveyor.reconciliation.formats import check_timezone
     from conveyor.reconciliation.service import (
@@ -253,16 +263,24 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     # Its JSON logs go to stderr: stdout carries only the final JSON line.
     logger = Logger(service="conveyor-reconciliation", level=os.environ.get("LOG_LEVEL", "INFO"),
                     logger_handler=logging.StreamHandler(sys.stderr))
-    service = ReconciliationService(database, lambda: direct_connection(database.engine), logger)
+    # Over a direct connection the run loads with COPY; through the Data API, in one Data API transaction.
+    direct = isinstance(database, Database)
+    service = ReconciliationService(
+        database, (lambda: direct_connection(database.engine)) if isinstance(database, Database) else None, logger)
     # Claimed like a console's runs, so that no console's recovery takes this one for an orphan.
-    claims = RunClaims(service.connect)
+    # (Through the Data API a claim cannot outlive a call: the run is submitted unclaimed, as the console does.)
+    claims = RunClaims(service.connect) if direct else None
     report = open_source(args.source)
     try:
         try:
-            run, claimed = service.submit_claimed(report, args.format, cutoff, claims, _column_map(args.map),
-                                                  args.timezone)
-        except ProgrammingError as exc:
-            if isinstance(exc.orig, psycopg.errors.UndefinedTable):
+            if claims is not None:
+                run, claimed = service.submit_claimed(report, args.format, cutoff, claims, _column_map(args.map),
+                                                      args.timezone)
+            else:
+                run = service.submit(report, args.format, cutoff, _column_map(args.map), args.timezone)
+                claimed = run["needs_execution"]
+        except PermanentError as exc:
+            if exc.sqlstate == "42P01":  # undefined_table
                 raise ReconciliationError("this database has no reconciliation tables yet: run `conveyor migrate`"
                                           " first") from None
             raise
@@ -294,7 +312,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         else:
             console.print(f"this report was already reconciled by run {run['id']}; showing its result")
     finally:
-        claims.close()
+        if claims is not None:
+            claims.close()
         report.discard()
     if run["status"] != "COMPLETED":
         console.print(f"[red]error:[/red] reconciliation {run['id']} {run['status'].lower()}: {run['error']}")
@@ -326,10 +345,11 @@ def cmd_dataapi(args: argparse.Namespace) -> int:
 
     from sqlalchemy.engine import make_url
 
-    from conveyor.dataapi.server import LocalDataApi
-    from conveyor.local.database import resolve_database_url
+    from conveyor_tools.dataapi.server import LocalDataApi
+    from conveyor_tools.local.database import command_database
 
-    database_url = args.database_url or resolve_database_url()
+    database_url = args.database_url or command_database(direct_only=True).url
+    assert database_url is not None
     endpoint = LocalDataApi(
         database_url, port=args.port, latency_seconds=args.latency_ms / 1000,
         cluster_arns=frozenset(args.cluster_arn) if args.cluster_arn else None,
@@ -502,7 +522,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: say what to do next
-        from conveyor.loadgen import LoadError
         from conveyor.reconciliation.formats import SettlementReportError
         from conveyor.reconciliation.service import ReconciliationError
         from conveyor.reconciliation.sources import SourceRefused, SourceUnreadable
@@ -510,11 +529,13 @@ def main(argv: list[str] | None = None) -> int:
         from conveyor.services.access import Forbidden
         from conveyor.services.admin import AdminError
         from conveyor_tools.deploy.plan import DeployError
+        from conveyor_tools.loadgen import LoadError
         from conveyor_tools.packaging import PackagingError
 
         # ValueError covers the services' own input errors (users, dead letters, stock).
         if isinstance(exc, (AdminError, DeployError, LoadError, FileNotFoundError, PackagingError, SettlementReportError,
-                            ReconciliationError, SourceRefused, SourceUnreadable, ValueError, QueueError, Forbidden)):
+                            ReconciliationError, SourceRefused, SourceUnreadable, ValueError, QueueError, Forbidden,
+                            ConfigurationError)):
             console.print(f"[red]error:[/red] {exc}")
             return 2
         raise

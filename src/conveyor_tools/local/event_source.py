@@ -14,13 +14,13 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from types import TracebackType
 from typing import Any
 
 from botocore.client import BaseClient
 
-from conveyor.local.sqs import sqs_client
+from conveyor_tools.local.sqs import sqs_client
 
 LambdaHandler = Callable[[dict[str, Any], Any], Any]
 
@@ -154,7 +154,7 @@ class SqsEventSourceMapping:
 
     def _poll(self) -> None:
         # Each poller stands for one Lambda execution environment, which has its own log stream.
-        log_stream_name = f"{datetime.now(timezone.utc):%Y/%m/%d}/[$LATEST]{uuid.uuid4().hex}"
+        log_stream_name = f"{datetime.now(UTC):%Y/%m/%d}/[$LATEST]{uuid.uuid4().hex}"
         while not self._stopping.is_set():
             try:
                 messages = self._client.receive_message(

@@ -25,13 +25,15 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from sqlalchemy.engine import make_url
 
 from conveyor.adapters.database import Database, create_engine_for
-from conveyor.adapters.order_store import APPLY_BATCH_PLAN, OrderStore, plan_json
+from conveyor.adapters.order_store import OrderStore, apply_batch_plan_statement
 from conveyor.domain.orders import order_id_for, request_fingerprint
+from conveyor.errors import TransientError
 from conveyor.messages import cancel_message, place_message
 from conveyor.services.admin import create_client, import_catalog
 
@@ -179,7 +181,7 @@ def build_workload(database: Database, settings: ChaosSettings, rng: random.Rand
 # --- worker processes ---------------------------------------------------------------------
 
 
-class InjectedFault(OSError):
+class InjectedFault(TransientError):
     """A transient failure the harness asked for; the worker treats it like a lost connection."""
 
 
@@ -209,20 +211,17 @@ class FaultyStore(OrderStore):
 class NaiveStore(FaultyStore):
     """The classic bug: effects not tied to the idempotent claim. The harness must catch it."""
 
+    def __init__(self, database: Database):
+        super().__init__(database, apply_statement=NAIVE_APPLY_BATCH_PLAN)
+
     def read_batch_state(self, order_ids, skus, payments):
         catalog, _, payment_holders = super().read_batch_state(order_ids, skus, payments)
         return catalog, {}, payment_holders  # never asks whether a message was already processed
 
-    def apply(self, plan):
-        return self.database.fetch_json(NAIVE_APPLY_BATCH_PLAN, {"plan": plan_json(plan)})
-
 
 # Reserves stock for every planned confirmation, whether or not this delivery inserted the order.
-NAIVE_APPLY_BATCH_PLAN = APPLY_BATCH_PLAN.replace(
-    "SELECT reservation, 1 AS direction FROM placed WHERE created AND status = 'CONFIRMED'",
-    "SELECT reservation, 1 AS direction FROM placement WHERE status = 'CONFIRMED'",
-)
-assert NAIVE_APPLY_BATCH_PLAN != APPLY_BATCH_PLAN
+NAIVE_APPLY_BATCH_PLAN = apply_batch_plan_statement(
+    reserve_for="SELECT reservation, 1 AS direction FROM placement WHERE status = 'CONFIRMED'")
 
 
 class ChaosWorker:
@@ -239,7 +238,7 @@ def _worker_main(connection: Connection, database_url: str, naive: bool, slow_se
     ChaosWorker.slow_seconds = slow_seconds
     if data_api_url:
         from conveyor.dataapi.client import DataApiDatabase
-        from conveyor.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
+        from conveyor_tools.local.stack import LOCAL_CLUSTER_ARN, LOCAL_SECRET_ARN
 
         os.environ.update(AWS_ENDPOINT_URL_RDS_DATA=data_api_url, AWS_DEFAULT_REGION="us-east-1",
                           AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test")
@@ -378,12 +377,12 @@ class _DataApiProcess:
     """`conveyor dataapi` in a process of its own, so its HTTP work does not slow the queue loop."""
 
     def __init__(self, database_url: str, startup_timeout: float = 30.0):
-        from conveyor.local.sqs import free_port
+        from conveyor_tools.local.sqs import free_port
 
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "conveyor.cli", "dataapi", "--port", str(port), "--database-url", database_url],
+            [sys.executable, "-m", "conveyor_tools.cli", "dataapi", "--port", str(port), "--database-url", database_url],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         deadline = time.monotonic() + startup_timeout
@@ -394,7 +393,8 @@ class _DataApiProcess:
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError("the local Data API endpoint did not start; run `conveyor dataapi` to see why")
+                    raise RuntimeError(
+                        "the local Data API endpoint did not start; run `conveyor dataapi` to see why") from None
                 time.sleep(0.1)
 
     def stop(self) -> None:

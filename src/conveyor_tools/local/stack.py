@@ -11,17 +11,17 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
+from collections.abc import Callable
 
 from conveyor import bootstrap
 from sqlalchemy.engine import make_url
 
 from conveyor.adapters.database import Database, create_engine_for, sqlalchemy_url
-from conveyor.console.server import start_console
-from conveyor.dataapi.server import LocalDataApi
-from conveyor.local.database import embedded_database_url, state_dir
-from conveyor.local.event_source import SqsEventSourceMapping
-from conveyor.local.sqs import LocalSqs, free_port
+from conveyor_tools.local.console_server import start_console
+from conveyor_tools.dataapi.server import LocalDataApi
+from conveyor_tools.local.database import embedded_database_url, state_dir
+from conveyor_tools.local.event_source import SqsEventSourceMapping
+from conveyor_tools.local.sqs import LocalSqs, free_port
 from conveyor.migrations_runner import upgrade
 from conveyor.observability import CORRELATION_HEADER, get_logger
 from conveyor.services.access import Actor, Role

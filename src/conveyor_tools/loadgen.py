@@ -16,7 +16,7 @@ import requests
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from conveyor.local.database import STATE_DIR_NAME
+from conveyor_tools.local.database import STATE_DIR_NAME
 
 
 class LoadError(RuntimeError):
@@ -58,10 +58,9 @@ def _local_stack(settings: LoadSettings) -> tuple[str, str]:
 
 
 def _catalog(currency: str) -> list[tuple[str, int]]:
-    from conveyor.adapters.database import Database, create_engine_for
-    from conveyor.local.database import resolve_database_url
+    from conveyor_tools.local.database import open_command_database
 
-    database = Database(create_engine_for(resolve_database_url(), pool_size=1))
+    database = open_command_database()
     items = database.fetch_json(
         "SELECT COALESCE(json_agg(json_build_array(sku, unit_price) ORDER BY sku), '[]')::text"
         " FROM catalog WHERE currency = :currency AND stock_available > 1000",
