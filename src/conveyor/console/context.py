@@ -15,7 +15,7 @@ from typing import Any
 
 from conveyor.adapters.dead_letter_queue import SqsDeadLetterQueue
 from conveyor.adapters.order_store import OrderStore
-from conveyor.adapters.queue import CLIENT_CONFIG, OrdersQueue
+from conveyor.adapters.queue import CLIENT_OPTIONS, OrdersQueue
 from conveyor.console.settings import ConfigurationError
 from conveyor.services.ordering import OrderService
 
@@ -46,11 +46,12 @@ def order_service(database: Any) -> OrderService:
 @functools.cache
 def dead_letter_queue() -> SqsDeadLetterQueue:
     import boto3
+    from botocore.config import Config
     from botocore.exceptions import BotoCoreError
 
     queue_url, dlq_url = _queue_url(QUEUE_URL_VARIABLE), _queue_url(DLQ_URL_VARIABLE)
     try:
-        client = boto3.session.Session().client("sqs", config=CLIENT_CONFIG)
+        client = boto3.session.Session().client("sqs", config=Config(**CLIENT_OPTIONS))
     except BotoCoreError as exc:
         raise ConfigurationError(f"cannot build an SQS client ({exc}): set AWS_REGION") from None
     return SqsDeadLetterQueue(client, queue_url, dlq_url)
