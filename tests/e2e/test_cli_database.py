@@ -53,7 +53,8 @@ def test_with_data_api_variables_every_database_command_goes_through_the_data_ap
 
     report = tmp_path / "generic.csv"
     report.write_text(f"reference,currency,amount\nNO-SUCH-{uuid.uuid4().hex[:6]},USD,1.00\n")
-    reconciled = run("reconcile", str(report), "--format", "generic", cwd=tmp_path, **through_data_api)
+    reconciled = run("reconcile", str(report), "--format", "generic", "--cutoff", "2026-10-31T00:00:00+00:00",
+                     cwd=tmp_path, **through_data_api)
     assert reconciled.returncode == 0, reconciled.stderr
     assert '"unknown_payment":1' in reconciled.stdout
     assert data_api_endpoint.calls["ExecuteStatement"] >= 4

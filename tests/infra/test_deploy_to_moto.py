@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 
 import boto3
@@ -68,6 +69,8 @@ def moto_endpoint(monkeypatch, tmp_path):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    for name in [name for name in os.environ if name.startswith("AWS_ENDPOINT_URL_")]:
+        monkeypatch.delenv(name)  # a service's own endpoint (another suite's local SQS, say) would win
     for name, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
                         "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": REGION,
                         "AWS_DEFAULT_REGION": REGION}.items():
