@@ -280,7 +280,8 @@ def run(settings: DevSettings, say: Callable[[str], None]) -> None:
     say(
         f"curl -sS -X POST {stack.api_url}/orders -H 'Content-Type: application/json' "
         f"-H 'X-Api-Key: {stack.api_key}' -H \"Idempotency-Key: $(date +%s%N)\" "
-        """-d '{"currency":"USD","lines":[{"sku":"A-1","quantity":2}],"payment":{"provider":"stripe","reference":"pi_123","amount":2000}}'"""
+        # A payment settles one order: each pasted order gets a payment reference of its own.
+        """-d '{"currency":"USD","lines":[{"sku":"A-1","quantity":2}],"payment":{"provider":"stripe","reference":"pi_'$(date +%s%N)'","amount":2000}}'"""
     )
     say(f"\nthen: curl -sS {stack.api_url}/orders -H 'X-Api-Key: {stack.api_key}'\nCtrl-C stops everything.")
     stop = threading.Event()
