@@ -18,5 +18,6 @@ def dry_run_out(tmp_path_factory) -> Path:
             patch.delenv(variable, raising=False)
         patch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(out / "no-credentials"))
         patch.setenv("AWS_CONFIG_FILE", str(out / "no-config"))
-        dry_run("demo", out, lambda text: None, region="eu-west-1")
+        patch.chdir(out.parent)  # named relative to the working folder, as `--out out/` is
+        dry_run("demo", Path(out.name), lambda text: None, region="eu-west-1")
     return out

@@ -74,6 +74,7 @@ def _parameter_file(parameters: Mapping[str, str]) -> list[dict[str, str]]:
 def dry_run(stage_name: str, out: Path, say: Say, *, region: str = "us-east-1",
             package: PackageApps | None = None) -> dict[str, Any]:
     """Write every template, parameter file, policy and package for a stage to `out`; no AWS call."""
+    out = out.resolve()  # the packages come back as absolute paths, and the manifest names them relative to it
     stage = load_stage(stage_name, say)
     context = AwsContext(region=region, account_id=DRY_RUN_ACCOUNT)
     outputs = predicted_outputs(stage, context)
