@@ -104,7 +104,7 @@ def list_orders(client, correlation_id):
     page = bootstrap.order_service().list_orders(
         client, api_requests.orders_query(query.get("status"), query.get("limit"), query.get("cursor"))
     )
-    return 200, {"orders": page.orders, "next_cursor": api_requests.encode_cursor(page.next_after)}, None
+    return 200, {"orders": page.orders, "next_cursor": api_requests.next_cursor(page.next_after)}, None
 
 
 @app.route("/orders/{order_id}", methods=["GET"], api_key_required=True)

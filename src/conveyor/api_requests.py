@@ -6,13 +6,10 @@ a path id that cannot be an order's.
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import uuid
-from datetime import datetime
 
 from conveyor.domain.orders import OrderStatus
+from conveyor.domain.paging import InvalidCursor, decode_cursor, encode_cursor
 from conveyor.schemas import FieldError, InvalidRequest, parse_order_request
 from conveyor.services.ordering import NewOrder, NotFound, OrdersQuery
 
@@ -45,8 +42,8 @@ def order_id(value: str) -> uuid.UUID:
         raise NotFound(f"order {value} not found") from None
 
 
-def encode_cursor(after: tuple[str, str] | None) -> str | None:
-    return base64.urlsafe_b64encode(json.dumps(list(after)).encode()).decode() if after else None
+def next_cursor(after: tuple[str, str] | None) -> str | None:
+    return encode_cursor(after) if after else None
 
 
 def _invalid(field: str, message: str) -> InvalidRequest:
@@ -71,9 +68,6 @@ def _page_size(value: str | None) -> int:
 
 def _decode_cursor(cursor: str) -> tuple[str, str]:
     try:
-        created_at, last_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        datetime.fromisoformat(created_at)
-        uuid.UUID(last_id)
-    except (ValueError, TypeError, AttributeError, binascii.Error):
+        return decode_cursor(cursor)
+    except InvalidCursor:
         raise _invalid("cursor", "is not a cursor this API returned") from None
-    return created_at, last_id

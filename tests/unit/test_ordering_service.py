@@ -57,7 +57,7 @@ class Api:
 
     def list_orders(self, client: Client, status: str | None, limit: str | None, cursor: str | None) -> dict:
         page = self.service.list_orders(client, api_requests.orders_query(status, limit, cursor))
-        return {"orders": page.orders, "next_cursor": api_requests.encode_cursor(page.next_after)}
+        return {"orders": page.orders, "next_cursor": api_requests.next_cursor(page.next_after)}
 
 
 @pytest.fixture

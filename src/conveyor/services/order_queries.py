@@ -1,9 +1,6 @@
 """Orders across all clients, as the console searches, exports and acts on them."""
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +9,7 @@ from typing import Any
 
 from conveyor.ports import Database
 from conveyor.domain.orders import OrderStatus
+from conveyor.domain.paging import InvalidCursor, decode_cursor, encode_cursor
 from conveyor.services.access import Actor, Role
 from conveyor.services.audit import record, require_reason
 from conveyor.services.ordering import Client, OrderService
@@ -128,7 +126,7 @@ def search(database: Database, actor: Actor, filters: OrderFilter, cursor: str |
     actor.require(Role.VIEWER, "read orders")
     after = _decode_cursor(cursor) if cursor else None
     rows = _page(database, filters, after, limit)
-    next_cursor = _encode_cursor(rows[-1]["created_at"], rows[-1]["order_id"]) if len(rows) == limit else None
+    next_cursor = encode_cursor((rows[-1]["created_at"], rows[-1]["order_id"])) if len(rows) == limit else None
     return rows, next_cursor
 
 
@@ -178,15 +176,8 @@ def _page(database: Database, filters: OrderFilter, after: tuple[str, str] | Non
         "limit": limit})
 
 
-def _encode_cursor(created_at: str, order_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([created_at, order_id]).encode()).decode()
-
-
 def _decode_cursor(cursor: str) -> tuple[str, str]:
     try:
-        created_at, order_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        datetime.fromisoformat(created_at)
-        uuid.UUID(order_id)
-    except (ValueError, TypeError, AttributeError, binascii.Error):
+        return decode_cursor(cursor)
+    except InvalidCursor:
         raise OrderQueryError("that page link is not valid; start the search again") from None
-    return created_at, order_id
