@@ -14,9 +14,9 @@ import os
 from typing import Any
 
 from conveyor.adapters.dead_letter_queue import SqsDeadLetterQueue
-from conveyor.adapters.order_store import OrderStore
 from conveyor.adapters.queue import CLIENT_OPTIONS, OrdersQueue
 from conveyor.console.settings import ConfigurationError
+from conveyor import bootstrap
 from conveyor.services.ordering import OrderService
 
 QUEUE_URL_VARIABLE = "ORDERS_QUEUE_URL"
@@ -40,7 +40,9 @@ def _orders_queue() -> OrdersQueue:
 
 def order_service(database: Any) -> OrderService:
     """The API's own order service: a cancel from the console is the API's cancel message."""
-    return OrderService(OrderStore(database), _orders_queue())
+    service = bootstrap.build(database, _orders_queue()).order_service
+    assert service is not None  # built with a queue
+    return service
 
 
 @functools.cache
