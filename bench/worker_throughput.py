@@ -140,16 +140,40 @@ def make_batches(count: int, client_id: uuid.UUID, catalog: list[SkuItem], seed:
 # --- Databases ------------------------------------------------------------------------
 
 
-def seed(url: str, client_id: uuid.UUID, catalog: list[SkuItem]) -> None:
-    with psycopg.connect(libpq_url(url)) as connection:
-        connection.execute(
-            "INSERT INTO clients (id, name, api_key_hash) VALUES (%s, 'bench', %s)",
-            (client_id, uuid.uuid4().hex),
-        )
-        connection.cursor().executemany(
-            "INSERT INTO catalog (sku, name, currency, unit_price, stock_available) VALUES (%s, %s, %s, %s, %s)",
-            [(item.sku, item.sku, CURRENCY, item.unit_price, INITIAL_STOCK) for item in catalog],
-        )
+# Orders already in the database before the run, so that both sides work against tables and
+# indexes of a production size, with fresh planner statistics, not against empty ones.
+HISTORY_CLIENT_ID = uuid.UUID(int=0xB0B)
+SEED_HISTORY = """
+INSERT INTO orders (id, client_id, status, idempotency_key, request_fingerprint, currency, total_amount,
+    payment_provider, payment_reference, payment_amount, details, reservation, accepted_at, created_at)
+SELECT gen_random_uuid(), %(client)s, CASE WHEN n %% 10 = 0 THEN 'REJECTED' ELSE 'CONFIRMED' END,
+    'history-' || n, md5(n::text), %(currency)s, 1000, 'stripe', 'pi_history_' || n, 1000,
+    '{"customer": {"name": "History"}}', '{}', now() - make_interval(mins => n), now() - make_interval(mins => n)
+FROM generate_series(1, %(count)s) AS n;
+INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price)
+SELECT o.id, l, 'SKU-' || lpad((l * 7)::text, 4, '0'), 1, 100 FROM orders AS o, generate_series(1, 3) AS l;
+INSERT INTO order_events (order_id, from_status, to_status, cause)
+SELECT id, NULL, status, 'history' FROM orders
+"""
+
+
+def seed(url: str, client_id: uuid.UUID, catalog: list[SkuItem], history: int) -> None:
+    """The bench client, the catalog, `history` earlier orders of another client, fresh statistics."""
+    with psycopg.connect(libpq_url(url), autocommit=True) as connection:
+        with connection.transaction():
+            connection.execute(
+                "INSERT INTO clients (id, name, api_key_hash) VALUES (%s, 'bench', %s), (%s, 'history', %s)",
+                (client_id, uuid.uuid4().hex, HISTORY_CLIENT_ID, uuid.uuid4().hex),
+            )
+            connection.cursor().executemany(
+                "INSERT INTO catalog (sku, name, currency, unit_price, stock_available) VALUES (%s, %s, %s, %s, %s)",
+                [(item.sku, item.sku, CURRENCY, item.unit_price, INITIAL_STOCK) for item in catalog],
+            )
+            if history:
+                for statement in SEED_HISTORY.split(";"):
+                    connection.execute(statement, {"client": HISTORY_CLIENT_ID, "currency": CURRENCY,
+                                                   "count": history})
+        connection.execute("VACUUM ANALYZE")
 
 
 # --- The two sides ----------------------------------------------------------------------
@@ -307,9 +331,14 @@ def verify(url: str, side: str, batches: list[list[BenchOrder]]) -> None:
         for sku, quantity in order.reservation.items():
             expected_reserved[sku] = expected_reserved.get(sku, 0) + quantity
     with psycopg.connect(libpq_url(url)) as connection:
-        statuses = dict(connection.execute("SELECT status, count(*) FROM orders GROUP BY status").fetchall())
-        lines = connection.execute("SELECT count(*) FROM order_lines").fetchone()[0]
-        events = connection.execute("SELECT count(*) FROM order_events").fetchone()[0]
+        statuses = dict(connection.execute(
+            "SELECT status, count(*) FROM orders WHERE client_id <> %s GROUP BY status", (HISTORY_CLIENT_ID,)
+        ).fetchall())
+        lines, events = connection.execute(
+            "SELECT (SELECT count(*) FROM order_lines JOIN orders ON orders.id = order_id WHERE client_id <> %(h)s),"
+            " (SELECT count(*) FROM order_events JOIN orders ON orders.id = order_id WHERE client_id <> %(h)s)",
+            {"h": HISTORY_CLIENT_ID},
+        ).fetchone()
         stock = connection.execute("SELECT sku, stock_available, stock_reserved FROM catalog").fetchall()
     problems = []
     if statuses != {"CONFIRMED": len(orders)}:
@@ -336,6 +365,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=20, help="untimed batches per side before measuring")
     parser.add_argument("--rounds", type=int, default=25, help="alternating rounds the timed batches are split into")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--history", type=int, default=50_000,
+                        help="orders already in each database before the run (0: start from empty tables)")
     parser.add_argument("--profile", metavar="FILE", help="write a cProfile of the worker's timed batches (slows it)")
     args = parser.parse_args(argv)
     if args.batches < args.rounds or args.rounds < 1 or args.warmup < 0:
@@ -398,11 +429,12 @@ def run(args: argparse.Namespace) -> tuple[dict[str, list[float]], str]:
 
     source = "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded"
     with disposable_server() as server_url:
-        console.print(f"database: {source}; migrating a worker and a floor database")
+        console.print(f"database: {source}; migrating a worker and a floor database,"
+                      f" each seeded with {args.history:,} earlier orders")
         with scratch_database(server_url, "bench_worker") as worker_url, \
              scratch_database(server_url, "bench_floor") as floor_url:
             for url in (worker_url, floor_url):
-                seed(url, client_id, catalog)
+                seed(url, client_id, catalog, args.history)
             sides: list[WorkerSide | FloorSide] = [WorkerSide(worker_url), FloorSide(floor_url)]
             try:
                 rates = measure(sides, warmup, timed, args.rounds, profiler)
@@ -418,7 +450,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, list[float]], str]:
     return rates, source
 
 
-def report(rates: dict[str, list[float]], source: str, orders: int, seconds: float) -> dict[str, Any]:
+def report(rates: dict[str, list[float]], source: str, orders: int, history: int, seconds: float) -> dict[str, Any]:
     """Say on stderr how the run went; return the JSON summary."""
     worker, floor = statistics.median(rates["worker"]), statistics.median(rates["floor"])
     ratio = worker / floor
@@ -440,6 +472,7 @@ def report(rates: dict[str, list[float]], source: str, orders: int, seconds: flo
         "target_ratio": TARGET_RATIO,
         "meets_target": ratio >= TARGET_RATIO,
         "database": source,
+        "history_orders": history,
     }
 
 
@@ -451,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkInvalid as exc:
         console.print(f"[bold red]BENCHMARK INVALID[/]: {exc}")
         return 2
-    summary = report(rates, source, args.batches * ORDERS_PER_BATCH, time.perf_counter() - started)
+    summary = report(rates, source, args.batches * ORDERS_PER_BATCH, args.history, time.perf_counter() - started)
     print(json.dumps(summary), flush=True)
     return 0
 

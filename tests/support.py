@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import IO
 from datetime import UTC, datetime
 
 import requests
+import sqlalchemy as sa
+from psycopg.pq import Trace
 
 from conveyor.adapters.database import Database
 from conveyor.domain.orders import order_id_for, request_fingerprint
@@ -25,6 +29,39 @@ def order_body(lines: list[tuple[str, int]], amount: int, currency: str = "USD",
         "lines": [{"sku": sku, "quantity": quantity} for sku, quantity in lines],
         "payment": {"provider": "stripe", "reference": reference or f"pi_{uuid.uuid4().hex}", "amount": amount},
     }
+
+
+@contextmanager
+def statements_sent(engine: sa.Engine) -> Iterator[list[str]]:
+    """The statements sent on connections checked out of `engine` in the block, as libpq's protocol
+    trace shows them: one entry, the message name, per simple Query or extended-protocol Execute."""
+    sent: list[str] = []
+    traces: dict[int, IO[bytes]] = {}
+
+    def start(dbapi_connection, *_):
+        trace = traces[id(dbapi_connection)] = tempfile.TemporaryFile()
+        dbapi_connection.pgconn.trace(trace.fileno())
+        dbapi_connection.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS | Trace.REGRESS_MODE)
+
+    def stop(dbapi_connection, *_):
+        trace = traces.pop(id(dbapi_connection), None)
+        if trace is None:
+            return
+        dbapi_connection.pgconn.untrace()
+        trace.seek(0)
+        for line in trace.read().decode(errors="replace").splitlines():
+            direction, _, message = line.split("\t", 3)[:3]
+            if direction == "F" and message.split(" ")[0] in ("Query", "Execute"):
+                sent.append(message.split(" ")[0])
+        trace.close()
+
+    sa.event.listen(engine, "checkout", start)
+    sa.event.listen(engine, "checkin", stop)
+    try:
+        yield sent
+    finally:
+        sa.event.remove(engine, "checkout", start)
+        sa.event.remove(engine, "checkin", stop)
 
 
 class Shop:

@@ -7,8 +7,7 @@ import threading
 from collections import Counter
 
 import pytest
-import sqlalchemy as sa
-from support import Shop
+from support import Shop, statements_sent
 
 from conveyor.adapters.order_store import OrderStore
 from conveyor.errors import PermanentError
@@ -160,23 +159,15 @@ def test_a_poison_message_fails_alone(shop, processor):
 
 def test_a_batch_costs_a_fixed_number_of_statements(shop, database):
     processor = BatchProcessor(OrderStore(database), logger)
-    statements: list[str] = []
-    engine = shop.database.engine
-    listener = lambda conn, cursor, statement, *args: statements.append(statement)  # noqa: E731
-    sa.event.listen(engine, "before_cursor_execute", listener)
-    try:
-        batch = [shop.place(f"k{i}", [("A-1", 1), ("B-2", 0 + 1), ("C-3", 2)])[0] for i in range(5)]
-        batch += [shop.place(f"r{i}", [("Z-9", 1)], amount=1)[0] for i in range(5)]
+    batch = [shop.place(f"k{i}", [("A-1", 1), ("B-2", 0 + 1), ("C-3", 2)])[0] for i in range(5)]
+    batch += [shop.place(f"r{i}", [("Z-9", 1)], amount=1)[0] for i in range(5)]
+    with statements_sent(shop.database.engine) as new_orders:
         processor.process(batch)
-        new_orders = len(statements)
-        statements.clear()
+    with statements_sent(shop.database.engine) as duplicates:
         processor.process(batch)
-        duplicates = len(statements)
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", listener)
 
-    assert new_orders == 2  # read state, apply plan
-    assert duplicates == 1  # read state: nothing left to write
+    assert len(new_orders) == 2  # read state, apply plan
+    assert len(duplicates) == 1  # read state: nothing left to write
 
 
 def test_the_audit_trail_is_append_only(shop, processor):

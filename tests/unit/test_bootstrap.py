@@ -1,6 +1,7 @@
 """The composition root's one choice of database, and the direct adapter's errors in the project's terms."""
 from __future__ import annotations
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -76,6 +77,11 @@ def raise_through_the_adapter(error: BaseException) -> BaseException:
     (sa.exc.OperationalError("connect", {}, DriverError(None)), TransientError, None),
     (sa.exc.DBAPIError("SELECT", {}, DriverError("22P05"), connection_invalidated=True), TransientError, None),
     (ConnectionRefusedError("connection refused"), TransientError, None),
+    # What the pooled psycopg connection itself raises.
+    (psycopg.errors.DeadlockDetected("deadlock"), RetryableConflict, "40P01"),
+    (psycopg.errors.UniqueViolation("duplicate"), PermanentError, "23505"),
+    (psycopg.errors.AdminShutdown("terminating"), TransientError, "57P01"),
+    (psycopg.OperationalError("server closed the connection unexpectedly"), TransientError, None),
 ])
 def test_driver_errors_leave_the_direct_adapter_as_the_projects_own(error, expected, sqlstate):
     neutral = raise_through_the_adapter(error)

@@ -1,10 +1,9 @@
-"""The local Data API's SQL rewriting and value mapping, without a database."""
+"""The local Data API's value mapping, without a database."""
 from __future__ import annotations
 
 import pytest
 from psycopg.postgres import types as pg_types
 
-from conveyor_tools.dataapi.sql import compile_statement
 from conveyor_tools.dataapi.values import (
     ParameterError,
     ResultOptions,
@@ -18,40 +17,6 @@ from conveyor_tools.dataapi.values import (
 OID = {name: pg_types[name].oid for name in ("int4", "int8", "float8", "bool", "bytea", "numeric", "text",
                                               "timestamptz", "timetz", "uuid", "jsonb")}
 INT4_ARRAY, TEXT_ARRAY = pg_types["int4"].array_oid, pg_types["text"].array_oid
-
-
-@pytest.mark.parametrize(
-    ("sql", "expected", "names"),
-    [
-        ("SELECT :a, :b_2", "SELECT %(a)s, %(b_2)s", {"a", "b_2"}),
-        ("SELECT CAST(:x AS jsonb), :x::text", "SELECT CAST(%(x)s AS jsonb), %(x)s::text", {"x"}),
-        ("SELECT '{}'::jsonb, 'it''s :not' , \":nor\"", "SELECT '{}'::jsonb, 'it''s :not' , \":nor\"", set()),
-        ("SELECT E'a\\' :no', $$ :no; $$, $f$ :no $f$", "SELECT E'a\\' :no', $$ :no; $$, $f$ :no $f$", set()),
-        ("SELECT 1 -- :no\n/* :no /* nested */ :no */ + :yes", "SELECT 1 -- :no\n/* :no /* nested */ :no */ + %(yes)s",
-         {"yes"}),
-        ("SELECT '100%', 5 % :m", "SELECT '100%%', 5 %% %(m)s", {"m"}),
-    ],
-)
-def test_named_parameters_become_psycopg_placeholders(sql, expected, names):
-    compiled = compile_statement(sql)
-
-    assert (compiled.sql, compiled.names, compiled.statements) == (expected, frozenset(names), 1)
-
-
-@pytest.mark.parametrize(
-    ("sql", "statements"),
-    [
-        ("SELECT 1", 1),
-        ("SELECT 1;", 1),
-        ("SELECT 1; -- trailing comment\n", 1),
-        ("SELECT 1; SELECT 2", 2),
-        ("SELECT ';'; SELECT $$;$$", 2),
-        ("CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN 1; END $$", 1),
-        ("", 0),
-    ],
-)
-def test_statements_are_counted_at_top_level_only(sql, statements):
-    assert compile_statement(sql).statements == statements
 
 
 def test_parameters_get_the_postgresql_types_the_data_api_gives_them():

@@ -1,4 +1,4 @@
-"""A direct PostgreSQL connection (SQLAlchemy over psycopg): the console's, the CLI's and the local stack's.
+"""A direct PostgreSQL connection (psycopg, pooled by SQLAlchemy): the console's, the CLI's and the local stack's.
 
 Every statement Conveyor runs passes only strings, integers, booleans and NULLs
 as parameters and casts them in SQL (``CAST(:x AS jsonb)``), and returns JSON
@@ -8,7 +8,6 @@ mistypes UUIDs, dicts and time zones. Driver errors leave as `conveyor.errors`' 
 """
 from __future__ import annotations
 
-import functools
 import json
 import threading
 import time
@@ -16,9 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from conveyor.adapters.sql import compile_statement
 from conveyor.errors import PermanentError, TransientError, database_error
 
 
@@ -74,32 +75,26 @@ def neutral_errors() -> Iterator[None]:
     """Driver errors as the project's own: transient, a retryable conflict, or permanent."""
     try:
         yield
-    except sa.exc.DBAPIError as error:
+    except (sa.exc.DBAPIError, psycopg.Error) as error:
         state = sqlstate_of(error)
         message = str(getattr(error, "orig", error))[:1000]
-        if error.connection_invalidated or (
-                state is None and isinstance(error, (sa.exc.OperationalError, sa.exc.InterfaceError))):
+        lost = getattr(error, "connection_invalidated", False)
+        if lost or (state is None and isinstance(error, (sa.exc.OperationalError, sa.exc.InterfaceError,
+                                                         psycopg.OperationalError, psycopg.InterfaceError))):
             raise TransientError(f"the database is unreachable: {message}") from error
         raise database_error(message, state) from error
     except (sa.exc.DisconnectionError, OSError) as error:
         raise TransientError(f"the database is unreachable: {error}") from error
-    except (sa.exc.NoResultFound, sa.exc.MultipleResultsFound) as error:
-        raise PermanentError(f"expected one row with one column: {error}") from error
-
-
-@functools.lru_cache(maxsize=256)
-def _driver_sql(sql: str, dialect: sa.Dialect) -> str:
-    """The statement in the driver's own paramstyle (`%(name)s`), compiled once.
-
-    Executed with exec_driver_sql: SQLAlchemy's per-call compile-cache lookup and bind
-    processing of text() were a fifth of the worker's CPU per batch (measured), and these
-    statements pass only plain values, cast in SQL.
-    """
-    return str(sa.text(sql).compile(dialect=dialect))
 
 
 class Database:
-    """Runs Conveyor's statements; each call is one round trip."""
+    """Runs Conveyor's statements; each call is one round trip.
+
+    SQLAlchemy's pool keeps the connections (checkout ping, invalidation, the console's credential
+    hook); statements run on the pooled psycopg connection itself, with PostgreSQL's own `$n`
+    placeholders: SQLAlchemy's execution layer and psycopg's `%(name)s` conversion (not cached above
+    4 KB) were two fifths of the worker's client CPU a batch (measured, bench/README.md).
+    """
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -112,38 +107,64 @@ class Database:
             yield
             return
         with neutral_errors():
-            connection = self.engine.connect()
-        with connection:
-            self._pinned.connection = connection
-            try:
-                yield
-            finally:
-                self._pinned.connection = None
+            pooled = self.engine.raw_connection()
+        self._pinned.connection = pooled
+        try:
+            yield
+        finally:
+            self._pinned.connection = None
+            pooled.close()  # back to the pool, or discarded if it was invalidated
 
     @contextmanager
-    def _connection(self) -> Iterator[sa.Connection]:
+    def _cursor(self) -> Iterator[psycopg.RawCursor[Any]]:
         pinned = getattr(self._pinned, "connection", None)
-        if pinned is not None:
-            yield pinned
-        else:
-            with self.engine.connect() as connection:
-                yield connection
+        with neutral_errors():
+            pooled = pinned if pinned is not None else self.engine.raw_connection()
+            connection: psycopg.Connection[Any] | None = pooled.driver_connection
+            if connection is None:  # invalidated earlier in this pinned block
+                raise TransientError("the database connection was lost; the work will be retried")
+            try:
+                with psycopg.RawCursor(connection) as cursor:
+                    yield cursor
+            except psycopg.Error:
+                if connection.broken or connection.closed:
+                    pooled.invalidate()  # never hand a dead session out again; the pool reconnects
+                raise
+            finally:
+                if pinned is None:
+                    pooled.close()
+
+    def _run(self, cursor: psycopg.RawCursor[Any], sql: str, params: dict[str, Any] | list[dict[str, Any]] | None) -> None:
+        """One statement, with Conveyor's `:name` parameters sent as PostgreSQL's `$n`."""
+        statement = compile_statement(sql)
+        try:
+            if isinstance(params, list):
+                cursor.executemany(statement.sql, [statement.values(row) for row in params])
+            else:
+                cursor.execute(statement.sql, statement.values(params or {}) if statement.names else None)
+        except KeyError as missing:
+            raise PermanentError(f"no value given for the statement's parameter {missing}") from None
 
     def fetch_json(self, sql: str, params: dict[str, Any] | None = None) -> Any:
         """Run a statement that returns one row holding one JSON text column."""
-        with neutral_errors(), self._connection() as connection:
-            value = connection.exec_driver_sql(_driver_sql(sql, connection.dialect), params or {}).scalar_one()
+        with self._cursor() as cursor:
+            self._run(cursor, sql, params)
+            rows = cursor.fetchall()
+        if len(rows) != 1 or len(rows[0]) != 1:
+            raise PermanentError(f"expected one row with one column, got {len(rows)} rows")
+        value = rows[0][0]
         return json.loads(value) if isinstance(value, str) else value
 
     def fetch_json_rows(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
         """Run a statement whose rows each hold one JSON text column."""
-        with neutral_errors(), self._connection() as connection:
-            rows = connection.exec_driver_sql(_driver_sql(sql, connection.dialect), params or {})
-            return [json.loads(value) for value in rows.scalars()]
+        with self._cursor() as cursor:
+            self._run(cursor, sql, params)
+            return [json.loads(value) if isinstance(value, str) else value for value, *_ in cursor.fetchall()]
 
     def execute(self, sql: str, params: dict[str, Any] | list[dict[str, Any]] | None = None) -> int:
-        with neutral_errors(), self._connection() as connection:
-            return connection.exec_driver_sql(_driver_sql(sql, connection.dialect), params or {}).rowcount
+        with self._cursor() as cursor:
+            self._run(cursor, sql, params)
+            return cursor.rowcount
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -30,7 +30,7 @@ import psycopg
 from botocore.validate import ParamValidator
 from psycopg.pq import TransactionStatus
 
-from conveyor_tools.dataapi.sql import CompiledStatement, compile_statement
+from conveyor.adapters.sql import CompiledStatement, compile_statement
 from conveyor_tools.dataapi.values import (
     ADAPTERS,
     ParameterError,
@@ -295,8 +295,8 @@ class LocalDataApi:
         # Compiled and bound inside the transaction's scope: a refused statement aborts it, as an error does.
         with self._connection(request) as connection:
             compiled = _single_statement(request["sql"])
-            parameters = self._bind(compiled.names, request.get("parameters", []))
-            with connection.cursor() as cursor:
+            parameters = self._bind(compiled, request.get("parameters", []))
+            with psycopg.RawCursor(connection) as cursor:
                 _run(cursor.execute, compiled.sql, parameters)
                 if cursor.description is None:
                     return {"numberOfRecordsUpdated": max(cursor.rowcount, 0), "generatedFields": []}
@@ -307,9 +307,9 @@ class LocalDataApi:
         parameter_sets = request.get("parameterSets") or []
         if not parameter_sets:
             return {"updateResults": []}
-        with self._connection(request) as connection, connection.cursor() as cursor:
+        with self._connection(request) as connection, psycopg.RawCursor(connection) as cursor:
             compiled = _single_statement(request["sql"])
-            bound = [self._bind(compiled.names, parameters) for parameters in parameter_sets]
+            bound = [self._bind(compiled, parameters) for parameters in parameter_sets]
             if request.get("transactionId"):
                 _run(cursor.executemany, compiled.sql, bound)  # part of the caller's transaction
             else:
@@ -348,15 +348,16 @@ class LocalDataApi:
             _run(connection.rollback)
         return {"transactionStatus": "Rollback Complete"}
 
-    def _bind(self, names: frozenset[str], parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    def _bind(self, compiled: CompiledStatement, parameters: list[dict[str, Any]]) -> list[Any]:
+        """The request's parameters in the statement's placeholder order."""
         try:
             bound = bind_parameters(parameters)
         except ParameterError as error:
             raise Fault("BadRequestException", str(error)) from None
-        if missing := sorted(names - bound.keys()):
+        if missing := sorted(set(compiled.names) - bound.keys()):
             raise Fault("BadRequestException", f"No value specified for parameter(s) {', '.join(missing)}: "
                         "add them to parameters.")
-        return bound
+        return compiled.values(bound)
 
     def _result_set(self, connection: psycopg.Connection, result: Any, request: dict[str, Any]) -> dict[str, Any]:
         options = ResultOptions.from_request(request.get("resultSetOptions"))

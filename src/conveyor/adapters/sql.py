@@ -1,13 +1,17 @@
-"""The Data API's `:name` parameters, rewritten into psycopg's `%(name)s` placeholders.
+"""Conveyor's `:name` parameters (the RDS Data API's form), rewritten into PostgreSQL's own `$n`.
 
-The scanner skips what PostgreSQL itself would not read as a parameter: string
-literals, quoted identifiers, dollar-quoted bodies, comments and `::` casts. It also
-counts statements, because the Data API runs one statement per call.
+One scanner for every path that talks to PostgreSQL itself: the direct adapter and the local Data
+API endpoint. It skips what PostgreSQL would not read as a parameter: string literals, quoted
+identifiers, dollar-quoted bodies and comments; `:x::text` is a parameter and a cast. It also counts
+statements, because the Data API runs one statement per call.
 """
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DOLLAR_QUOTE = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
@@ -16,14 +20,19 @@ _IDENTIFIER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVW
 
 @dataclass(frozen=True)
 class CompiledStatement:
-    sql: str  # psycopg's form: %(name)s placeholders, literal % doubled
-    names: frozenset[str]
+    sql: str  # with $1, $2, ...: run it with psycopg's RawCursor
+    names: tuple[str, ...]  # the parameter behind $1, $2, ...
     statements: int  # non-empty statements separated by top-level semicolons
 
+    def values(self, params: Mapping[str, Any]) -> list[Any]:
+        """The parameters in placeholder order; KeyError names the first one missing."""
+        return [params[name] for name in self.names]
 
+
+@functools.lru_cache(maxsize=512)
 def compile_statement(sql: str) -> CompiledStatement:
     out: list[str] = []
-    names: set[str] = set()
+    names: dict[str, int] = {}  # name -> its number, in order of first use
     statements = 0
     has_content = False  # since the last top-level semicolon
     i, n = 0, len(sql)
@@ -40,19 +49,19 @@ def compile_statement(sql: str) -> CompiledStatement:
         elif sql.startswith("--", i):
             newline = sql.find("\n", i)
             chunk = sql[i:n if newline < 0 else newline]
-            out.append(chunk.replace("%", "%%"))
+            out.append(chunk)
             i += len(chunk)
             continue  # a comment is not statement content
         elif sql.startswith("/*", i):
             chunk = sql[i:_end_of_block_comment(sql, i)]
-            out.append(chunk.replace("%", "%%"))
+            out.append(chunk)
             i += len(chunk)
             continue
         elif sql.startswith("::", i):
             chunk = "::"
         elif char == ":" and (name := _NAME.match(sql, i + 1)):
-            names.add(name.group())
-            out.append(f"%({name.group()})s")
+            number = names.setdefault(name.group(), len(names) + 1)
+            out.append(f"${number}")
             has_content = True
             i = name.end()
             continue
@@ -64,11 +73,11 @@ def compile_statement(sql: str) -> CompiledStatement:
             continue
         else:
             chunk = char
-        out.append(chunk.replace("%", "%%"))
+        out.append(chunk)
         has_content = has_content or not chunk.isspace()
         i += len(chunk)
     statements += has_content
-    return CompiledStatement(sql="".join(out), names=frozenset(names), statements=statements)
+    return CompiledStatement(sql="".join(out), names=tuple(names), statements=statements)
 
 
 def _is_escape_string(sql: str, quote: int) -> bool:
