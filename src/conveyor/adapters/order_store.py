@@ -243,21 +243,20 @@ class OrderStore:
             READ_BATCH_STATE,
             {
                 "skus": json.dumps(sorted(set(skus))),
-                "order_ids": json.dumps(sorted({str(i) for i in order_ids})),
+                "order_ids": to_json(sorted(set(order_ids))).decode(),
                 "payment_providers": json.dumps(sorted({provider for provider, _ in wanted})),
                 "payment_references": json.dumps(sorted({reference for _, reference in wanted})),
             },
         )
-        catalog = {row["sku"]: CatalogItem(**row) for row in state["catalog"]}
-        known = {
-            uuid.UUID(row["id"]): KnownOrder(
-                order_id=uuid.UUID(row["id"]),
-                client_id=uuid.UUID(row["client_id"]),
-                status=OrderStatus(row["status"]),
-                fingerprint=row["fingerprint"],
-            )
-            for row in state["orders"]
+        catalog = {
+            row["sku"]: CatalogItem(row["sku"], row["currency"], row["unit_price"], row["stock_available"])
+            for row in state["catalog"]
         }
+        known: dict[uuid.UUID, KnownOrder] = {}
+        for row in state["orders"]:
+            order_id = uuid.UUID(row["id"])
+            known[order_id] = KnownOrder(order_id, uuid.UUID(row["client_id"]), OrderStatus(row["status"]),
+                                         row["fingerprint"])
         holders = {
             (provider, reference): uuid.UUID(order_id)
             for provider, reference, order_id in state["payment_holders"]

@@ -1,13 +1,14 @@
 """Orders, the messages that change them, and the rules that decide their fate."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 class OrderStatus(StrEnum):
     PENDING = "PENDING"
@@ -32,6 +33,7 @@ ALLOWED_TRANSITIONS: frozenset[tuple[OrderStatus | None, OrderStatus]] = frozens
 )
 
 
+@functools.lru_cache(maxsize=4096)  # a batch checks every message's order against its client
 def _client_tag(client_id: uuid.UUID) -> bytes:
     return hashlib.sha256(b"conveyor-client:" + client_id.bytes).digest()[:6]
 
@@ -59,8 +61,12 @@ def request_fingerprint(order: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class Line:
+# The commands and values a batch builds by the hundred are NamedTuples: immutable like a frozen
+# dataclass, and built in a third of the time (a frozen dataclass sets each field through
+# object.__setattr__).
+
+
+class Line(NamedTuple):
     sku: str
     quantity: int
 
@@ -68,8 +74,7 @@ class Line:
 PaymentKey = tuple[str, str]  # (payment provider, payment reference)
 
 
-@dataclass(frozen=True)
-class Payment:
+class Payment(NamedTuple):
     provider: str
     reference: str
     amount: int
@@ -79,8 +84,7 @@ class Payment:
         return (self.provider, self.reference)
 
 
-@dataclass(frozen=True)
-class PlaceOrder:
+class PlaceOrder(NamedTuple):
     """The worker's view of an accepted POST /orders."""
 
     message_id: str
@@ -96,8 +100,7 @@ class PlaceOrder:
     correlation_id: str | None = None
 
 
-@dataclass(frozen=True)
-class CancelOrder:
+class CancelOrder(NamedTuple):
     message_id: str
     order_id: uuid.UUID
     client_id: uuid.UUID
@@ -108,16 +111,14 @@ class CancelOrder:
 Command = PlaceOrder | CancelOrder
 
 
-@dataclass(frozen=True)
-class CatalogItem:
+class CatalogItem(NamedTuple):
     sku: str
     currency: str
     unit_price: int
     stock_available: int
 
 
-@dataclass(frozen=True)
-class KnownOrder:
+class KnownOrder(NamedTuple):
     """What the database already holds for an order id."""
 
     order_id: uuid.UUID
@@ -130,16 +131,14 @@ class KnownOrder:
         return self.fingerprint is not None
 
 
-@dataclass(frozen=True)
-class PricedLine:
+class PricedLine(NamedTuple):
     line_no: int
     sku: str
     quantity: int
     unit_price: int | None  # None when the SKU is unknown
 
 
-@dataclass(frozen=True)
-class Placement:
+class Placement(NamedTuple):
     command: PlaceOrder
     status: OrderStatus
     rejection_reason: str | None
@@ -149,8 +148,7 @@ class Placement:
     cause: str
 
 
-@dataclass(frozen=True)
-class Cancellation:
+class Cancellation(NamedTuple):
     command: CancelOrder
 
 
@@ -163,6 +161,13 @@ class Outcome(StrEnum):
     KEY_REUSED = "key_reused"
     NOT_CANCELLABLE = "not_cancellable"
     NOT_YOURS = "not_yours"
+
+
+PLACEMENT_OUTCOMES = {
+    OrderStatus.CONFIRMED: Outcome.CONFIRMED,
+    OrderStatus.REJECTED: Outcome.REJECTED,
+    OrderStatus.CANCELLED: Outcome.CANCELLED,
+}
 
 
 @dataclass
@@ -229,7 +234,7 @@ def plan_batch(
             if placement.status in HOLDS_PAYMENT_REFERENCE:
                 held[command.payment.key] = command.order_id
             plan.placements.append(placement)
-            plan.outcomes[command.message_id] = Outcome(placement.status.value.lower())
+            plan.outcomes[command.message_id] = PLACEMENT_OUTCOMES[placement.status]
         elif command.order_id in cancels_seen:
             plan.outcomes[command.message_id] = Outcome.DUPLICATE
         else:
@@ -260,37 +265,30 @@ def _place(
     cancelled_first: bool,
     held: dict[PaymentKey, uuid.UUID],
 ) -> Placement:
-    priced = tuple(
-        PricedLine(
-            line_no=number,
-            sku=line.sku,
-            quantity=line.quantity,
-            unit_price=catalog[line.sku].unit_price if line.sku in catalog else None,
-        )
-        for number, line in enumerate(command.lines, start=1)
-    )
+    priced: list[PricedLine] = []
     wanted: dict[str, int] = {}
-    for line in command.lines:
+    total: int | None = 0
+    for number, line in enumerate(command.lines, start=1):
+        item = catalog.get(line.sku)
+        if item is None:
+            total = None
+            priced.append(PricedLine(number, line.sku, line.quantity, None))
+        else:
+            if total is not None:
+                total += item.unit_price * line.quantity
+            priced.append(PricedLine(number, line.sku, line.quantity, item.unit_price))
         wanted[line.sku] = wanted.get(line.sku, 0) + line.quantity
-    prices = [line.unit_price for line in priced]
-    total = (
-        sum(price * line.quantity for price, line in zip(prices, priced) if price is not None)
-        if all(price is not None for price in prices)
-        else None
-    )
-
-    def outcome(status: OrderStatus, reason: str | None, cause: str,
-                reservation: dict[str, int] | None = None) -> Placement:
-        return Placement(command, status, reason, priced, total, reservation or {}, cause)
+    lines = tuple(priced)
 
     if cancelled_first:
-        return outcome(OrderStatus.CANCELLED, None, "cancel requested before the order arrived")
+        cause = "cancel requested before the order arrived"
+        return Placement(command, OrderStatus.CANCELLED, None, lines, total, {}, cause)
     reason = rejection_reason(command, catalog, wanted, remaining, total, held)
     if reason is not None:
-        return outcome(OrderStatus.REJECTED, reason, reason)
+        return Placement(command, OrderStatus.REJECTED, reason, lines, total, {}, reason)
     for sku, quantity in wanted.items():
         remaining[sku] -= quantity
-    return outcome(OrderStatus.CONFIRMED, None, "stock reserved", reservation=wanted)
+    return Placement(command, OrderStatus.CONFIRMED, None, lines, total, wanted, "stock reserved")
 
 
 def rejection_reason(
@@ -301,12 +299,12 @@ def rejection_reason(
     total: int | None,
     held: dict[PaymentKey, uuid.UUID],
 ) -> str | None:
-    unknown = sorted(sku for sku in wanted if sku not in catalog)
-    if unknown:
-        return f"unknown SKU: {', '.join(unknown)}"
-    other_currency = sorted(sku for sku in wanted if catalog[sku].currency != command.currency)
+    """Why the order cannot be confirmed, the first rule it breaks in this order; None if it can."""
+    if total is None:
+        return f"unknown SKU: {', '.join(sorted(sku for sku in wanted if sku not in catalog))}"
+    other_currency = [sku for sku in wanted if catalog[sku].currency != command.currency]
     if other_currency:
-        return f"SKU not sold in {command.currency}: {', '.join(other_currency)}"
+        return f"SKU not sold in {command.currency}: {', '.join(sorted(other_currency))}"
     if command.payment.amount != total:
         return (
             f"payment amount {command.payment.amount} does not equal the order total {total}"
@@ -316,7 +314,7 @@ def rejection_reason(
     if holder is not None and holder != command.order_id:
         # Names the reference, never the other order: it may be another client's.
         return f"payment reference already used by another order: {command.payment.provider} {command.payment.reference}"
-    short = sorted(sku for sku, quantity in wanted.items() if remaining[sku] < quantity)
+    short = [sku for sku, quantity in wanted.items() if remaining[sku] < quantity]
     if short:
-        return f"insufficient stock: {', '.join(short)}"
+        return f"insufficient stock: {', '.join(sorted(short))}"
     return None

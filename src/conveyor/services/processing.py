@@ -148,7 +148,7 @@ def parse_command(record: QueueRecord) -> Command:
             idempotency_key=message.idempotency_key,
             fingerprint=message.fingerprint,
             currency=order.currency,
-            lines=tuple(Line(sku=l.sku, quantity=l.quantity) for l in order.lines),
+            lines=tuple([Line(line.sku, line.quantity) for line in order.lines]),
             payment=Payment(order.payment.provider, order.payment.reference, order.payment.amount),
             details=order.model_dump(mode="json", include={"customer", "shipping_address"}, exclude_none=True),
             accepted_at=message.accepted_at,
