@@ -1,6 +1,6 @@
 """Worker throughput against PostgreSQL, beside a plain-SQL floor measured in the same run.
 
-    python bench/worker_throughput.py [--batches 500] [--warmup 20] [--rounds 25]
+    python bench/worker_throughput.py [--batches 500] [--warmup 20] [--rounds N] [--history 50000]
 
 Both sides process the same orders, in batches of 10 orders x 3 lines, each into
 a fresh database of its own on the same server:
@@ -11,9 +11,11 @@ a fresh database of its own on the same server:
   orders, a multi-row INSERT of lines, one set-based conditional stock UPDATE,
   a multi-row INSERT of events, then COMMIT.
 
-The two sides alternate in short rounds (20 batches each by default) so that
-load from other processes on the machine hits both alike; the reported rates
-are the medians over rounds and the ratio is the ratio of those medians.
+The two sides take turns batch by batch (--rounds splits the timed batches into
+longer turns instead), so that whatever slows the machine for a moment hits both
+alike; the reported rates are the medians over rounds and the ratio is the ratio
+of those medians. Both databases start with the same --history of earlier
+orders and fresh planner statistics, as a database in service has.
 Messages and rows are built before any clock starts. The database comes from
 DATABASE_URL, or else an embedded PostgreSQL in a temporary folder; either way
 the run creates its own databases (bench_<random>_worker / _floor) and drops
@@ -363,12 +365,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=500, help="timed batches per side (10 orders each)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed batches per side before measuring")
-    parser.add_argument("--rounds", type=int, default=25, help="alternating rounds the timed batches are split into")
+    parser.add_argument("--rounds", type=int, help="alternating rounds the timed batches are split into"
+                        " (default: one batch a round)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--history", type=int, default=50_000,
                         help="orders already in each database before the run (0: start from empty tables)")
     parser.add_argument("--profile", metavar="FILE", help="write a cProfile of the worker's timed batches (slows it)")
     args = parser.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = args.batches
     if args.batches < args.rounds or args.rounds < 1 or args.warmup < 0:
         parser.error("need --rounds >= 1, --batches >= --rounds and --warmup >= 0")
     return args
