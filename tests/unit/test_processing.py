@@ -371,3 +371,20 @@ def test_a_payment_reference_taken_by_a_concurrent_batch_is_decided_again_and_re
         OrderStatus.REJECTED, "payment reference already used by another order: stripe pi_shared")
     assert [e["reason"] for lvl, m, e in logger.records if m == "retrying batch"] == [
         "payment reference taken by a concurrent worker"]
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (json.dumps({"schema_version": 1, "type": "order.cancel", "order_id": "x-secret-x", "client_id": str(CLIENT),
+                 "requested_at": "2025-01-01T00:00:00Z"}),
+     "not a valid order message: order_id: Input should be a valid UUID"),
+    ('{"schema_version": 99, "type": "order.place", "hidden": "x-secret-x"}',
+     "not a valid order message: hidden: Extra inputs are not permitted (as order.place); schema_version: Input"
+     " should be 1 (as order.place); order_id: Field required (as order.place); and 5 more"),
+    ('"x-secret-x"', "not a valid order message: message: Input should be an object"),
+    ("\x00x-secret-x", "not a valid order message: message: Invalid JSON"),
+])
+def test_an_invalid_message_is_described_field_by_field_without_its_content(body, reason):
+    with pytest.raises(ValueError) as invalid:
+        parse_command(record("m1", body))
+    assert str(invalid.value).startswith(reason)
+    assert "secret" not in str(invalid.value)

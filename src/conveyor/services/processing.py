@@ -20,7 +20,7 @@ from conveyor.domain.orders import (
 )
 from conveyor.errors import PermanentError, RetryableConflict, TransientError
 from conveyor.ports import Logger, OrderStore
-from conveyor.schemas import PlaceOrderMessage, QueueMessage
+from conveyor.schemas import PlaceOrderMessage, QueueMessage, field_path
 
 MAX_ATTEMPTS = 6
 
@@ -138,7 +138,7 @@ def parse_command(record: QueueRecord) -> Command:
     try:
         message = QueueMessage.validate_json(record.body)
     except ValidationError as exc:
-        raise ValueError(f"not a valid order message: {exc.errors(include_url=False)[:3]}") from None
+        raise ValueError(f"not a valid order message: {describe_invalid(exc)}") from None
     if isinstance(message, PlaceOrderMessage):
         order = message.order
         return PlaceOrder(
@@ -161,3 +161,20 @@ def parse_command(record: QueueRecord) -> Command:
         requested_at=message.requested_at,
         correlation_id=record.correlation_id,
     )
+
+
+MESSAGE_TYPES = ("order.place", "order.cancel")
+
+
+def describe_invalid(exc: ValidationError, shown: int = 3) -> str:
+    """What is wrong with a message, field by field, without quoting what it holds."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    described = []
+    for error in errors[:shown]:
+        location = tuple(error["loc"])
+        kind = ""
+        if location and location[0] in MESSAGE_TYPES:  # the union's tag: say it once, after the field
+            kind, location = f" (as {location[0]})", location[1:]
+        described.append(f"{field_path(location) if location else 'message'}: {error['msg']}{kind}")
+    more = f"; and {len(errors) - shown} more" if len(errors) > shown else ""
+    return "; ".join(described) + more
