@@ -1,7 +1,9 @@
 """cfn-lint on every template (Chalice's included) and parliament on every IAM policy, from a dry run."""
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import yaml
 from parliament import analyze_policy_string, enhance_finding
 
 from conveyor_tools.deploy.plan import STACKS, WORKER_TIMEOUT_MULTIPLE, worker_timeout_seconds
+from conveyor_tools.deploy.sam import expand
 
 CFN_LINT = str(Path(sys.executable).parent / "cfn-lint")
 SEVERITY_ABOVE_LOW = {"MEDIUM", "HIGH", "CRITICAL"}
@@ -180,3 +183,18 @@ def test_prod_keeps_deletion_protection_and_never_pauses():
     assert cluster["Properties"]["DeletionProtection"] == {"Fn::If": ["IsProd", True, False]}
     assert cluster["Properties"]["EnableHttpEndpoint"] is True
     assert cluster["Properties"]["ManageMasterUserPassword"] is True
+
+
+def test_expanding_a_sam_template_leaves_no_unpublished_metrics_warning(caplog):
+    template = {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Transform": "AWS::Serverless-2016-10-31",
+        "Resources": {"Handler": {"Type": "AWS::Serverless::Function", "Properties": {
+            "Handler": "app.app", "Runtime": "python3.12", "CodeUri": "s3://bucket/key.zip"}}},
+    }
+    with caplog.at_level(logging.WARNING):
+        expanded = expand(template, "eu-west-1")
+        gc.collect()  # the translator's metrics cache warns when collected unpublished
+
+    assert expanded["Resources"]["Handler"]["Type"] == "AWS::Lambda::Function"
+    assert "unpublished" not in caplog.text

@@ -9,6 +9,7 @@ import copy
 from typing import Any
 
 import boto3
+from samtranslator.metrics.metrics import DummyMetricsPublisher, Metrics
 from samtranslator.model.exceptions import InvalidDocumentException
 from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
@@ -27,7 +28,10 @@ def with_code_in_s3(sam_template: dict[str, Any], bucket: str, key: str) -> dict
 
 def expand(sam_template: dict[str, Any], region: str) -> dict[str, Any]:
     """Translate AWS::Serverless-2016-10-31 resources into CloudFormation ones (offline: no AWS call)."""
-    translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name=region))
+    # The translator times itself into a metrics cache; its default publisher discards them, and a
+    # cache left unpublished warns on stderr when collected.
+    metrics = Metrics("ServerlessTransform", DummyMetricsPublisher())
+    translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name=region), metrics=metrics)
     try:
         # Chalice's templates name no managed policy, so the policy map (an IAM call) is never needed.
         return translator.translate(copy.deepcopy(sam_template), parameter_values={},
@@ -36,3 +40,5 @@ def expand(sam_template: dict[str, Any], region: str) -> dict[str, Any]:
         reasons = "; ".join(str(cause) for cause in exc.causes)
         raise DeployError(f"the Chalice template does not translate: {reasons}. Check the merge templates"
                           " (worker/.chalice/merge-template.json, conveyor_tools/deploy/plan.py)") from None
+    finally:
+        metrics.publish()
