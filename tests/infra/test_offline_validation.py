@@ -190,11 +190,14 @@ def test_expanding_a_sam_template_leaves_no_unpublished_metrics_warning(caplog):
         "AWSTemplateFormatVersion": "2010-09-09",
         "Transform": "AWS::Serverless-2016-10-31",
         "Resources": {"Handler": {"Type": "AWS::Serverless::Function", "Properties": {
-            "Handler": "app.app", "Runtime": "python3.12", "CodeUri": "s3://bucket/key.zip"}}},
+            "Handler": "app.app", "Runtime": "python3.12", "CodeUri": "s3://bucket/key.zip",
+            # An event source: the translator times its translation into a metrics cache.
+            "Events": {"Tick": {"Type": "Schedule", "Properties": {"Schedule": "rate(1 minute)"}}}}}},
     }
     with caplog.at_level(logging.WARNING):
         expanded = expand(template, "eu-west-1")
-        gc.collect()  # the translator's metrics cache warns when collected unpublished
+        expand(template, "eu-west-1")  # the translator keeps the last cache alive; this one replaces it
+        gc.collect()  # a cache collected unpublished warns
 
     assert expanded["Resources"]["Handler"]["Type"] == "AWS::Lambda::Function"
     assert "unpublished" not in caplog.text
