@@ -8,7 +8,6 @@ mistypes UUIDs, dicts and time zones. Driver errors leave as `conveyor.errors`' 
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
+from pydantic_core import from_json
 from sqlalchemy.engine import Engine
 
 from conveyor.adapters.sql import compile_statement
@@ -153,13 +153,13 @@ class Database:
         if len(rows) != 1 or len(rows[0]) != 1:
             raise PermanentError(f"expected one row with one column, got {len(rows)} rows")
         value = rows[0][0]
-        return json.loads(value) if isinstance(value, str) else value
+        return from_json(value) if isinstance(value, str) else value
 
     def fetch_json_rows(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
         """Run a statement whose rows each hold one JSON text column."""
         with self._cursor() as cursor:
             self._run(cursor, sql, params)
-            return [json.loads(value) if isinstance(value, str) else value for value, *_ in cursor.fetchall()]
+            return [from_json(value) if isinstance(value, str) else value for value, *_ in cursor.fetchall()]
 
     def execute(self, sql: str, params: dict[str, Any] | list[dict[str, Any]] | None = None) -> int:
         with self._cursor() as cursor:

@@ -24,7 +24,6 @@ DDL runs once, off the hot path, inside the transactions it wants.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -37,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, HTTPClientError
+from pydantic_core import from_json
 
 from conveyor.errors import PermanentError, TransientError, database_error
 from conveyor.observability import get_logger
@@ -174,12 +174,12 @@ class DataApiDatabase:
         [(kind, value)] = records[0][0].items()
         if kind == "isNull":
             return None
-        return json.loads(value) if kind == "stringValue" else value
+        return from_json(value) if kind == "stringValue" else value
 
     def fetch_json_rows(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
         """Run a statement whose rows each hold one JSON text column (each row under the 64 KB row limit)."""
         response = self._call("ExecuteStatement", sql, params, parameters=_parameters(params or {}))
-        return [json.loads(record[0]["stringValue"]) for record in response.get("records", [])]
+        return [from_json(record[0]["stringValue"]) for record in response.get("records", [])]
 
     def execute(self, sql: str, params: dict[str, Any] | list[dict[str, Any]] | None = None) -> int:
         """Run a statement; the number of rows it changed (-1 for several parameter sets, which the Data API
