@@ -194,6 +194,7 @@ def test_concurrent_workers_never_oversell_or_duplicate(database, worker_databas
     rng.shuffle(messages)
     batches = [messages[i:i + 10] for i in range(0, len(messages), 10)]
     failures: list[str] = []
+    reasons: Counter[str] = Counter()
     attempts = Counter()
 
     def work(worker: int) -> None:
@@ -201,6 +202,7 @@ def test_concurrent_workers_never_oversell_or_duplicate(database, worker_databas
         for batch in batches[worker::8]:
             result = processor.process(batch)
             failures.extend(result.failed_message_ids)
+            reasons.update(result.failure_reasons.values())
             attempts["attempts"] += result.attempts
             attempts["batches"] += 1
 
@@ -210,7 +212,7 @@ def test_concurrent_workers_never_oversell_or_duplicate(database, worker_databas
     for thread in threads:
         thread.join()
 
-    assert failures == []
+    assert failures == [], f"failed messages, by reason: {dict(reasons)}"
     counts = database.fetch_json(
         "SELECT json_build_object('orders', (SELECT count(*) FROM orders),"
         " 'distinct', (SELECT count(DISTINCT id) FROM orders),"
